@@ -1,0 +1,153 @@
+"""The ``otfparsl`` command: run, validate, report, sites check."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from otfparsl.errors import OtfparslError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="On-the-fly Bayesian fine-tuning of foundation potentials.")
+sites_app = typer.Typer(no_args_is_help=True, help="Parsl site profiles.")
+app.add_typer(sites_app, name="sites")
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    """On-the-fly Bayesian fine-tuning of foundation interatomic potentials."""
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Turn otfparsl errors into one clear line (traceback only with --debug)."""
+    try:
+        yield
+    except OtfparslError as exc:
+        if _state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")]) -> None:
+    """Validate a run YAML and print the fully resolved settings."""
+    from otfparsl.settings import RunSettings
+
+    with _user_errors():
+        settings = RunSettings.from_yaml(run_yaml)
+        from otfparsl.structures import read_structure
+
+        atoms = read_structure(settings.structure)
+    typer.echo(settings.to_yaml())
+    console.print(f"[green]valid[/]: {len(atoms)} atoms ({atoms.get_chemical_formula()}), periodic={bool(atoms.pbc.all())}")
+
+
+@app.command()
+def run(
+    run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")],
+    site: Annotated[Optional[Path], typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site_option: Annotated[Optional[list[str]], typer.Option("--site-option", help="key=value for the site profile.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/NAME).")] = None,
+    restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+) -> None:
+    """Run on-the-fly fine-tuning MD as RUN_YAML says."""
+    from otfparsl.settings import RunSettings
+    from otfparsl.workflow.driver import default_run_dir, run as run_otf
+
+    with _user_errors():
+        settings = RunSettings.from_yaml(run_yaml)
+        target = run_dir or default_run_dir(settings)
+        with _submitter(site, site_option or [], target) as submitter, _progress(settings) as on_step:
+            result = run_otf(settings, submitter=submitter, run_dir=target, restart_from_scratch=restart_from_scratch, on_step=on_step)
+    _print_summary(result.as_dict())
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write the plots and index.html of a run into RUN_DIR/report."""
+    from otfparsl.analysis.report import write_report
+
+    with _user_errors():
+        index = write_report(run_dir)
+    console.print(f"report written: {index}")
+
+
+@sites_app.command("check")
+def sites_check(
+    site: Annotated[Path, typer.Argument(help="Site profile sites/X.py.")],
+    site_option: Annotated[Optional[list[str]], typer.Option("--site-option", help="key=value for the site profile.")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Where Parsl writes runinfo.")] = Path("runs/site-check"),
+    timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds per role.")] = 600.0,
+) -> None:
+    """Start a site profile, run one no-op task per role, and report what each found."""
+    from otfparsl.workflow.site import check_site, format_report, parse_site_options
+
+    with _user_errors():
+        reports = check_site(site, run_dir, parse_site_options(site_option or []), timeout_s=timeout_s)
+    for line in format_report(reports):
+        typer.echo(line)
+
+
+@contextlib.contextmanager
+def _submitter(site: Path | None, options: list[str], run_dir: Path):
+    from otfparsl.workflow.submit import ParslSubmitter, ThreadSubmitter
+
+    if site is None:
+        with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
+            yield submitter
+        return
+    from otfparsl.workflow.site import open_site, parse_site_options
+
+    with open_site(site, run_dir, parse_site_options(options)):
+        yield ParslSubmitter()
+
+
+@contextlib.contextmanager
+def _progress(settings):
+    from otfparsl.workflow.walkers import programme_from_settings
+
+    total = settings.md.walkers * (programme_from_settings(settings.md).total_steps + 1)
+    columns = (
+        TextColumn("[bold]MD"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )  # fmt: skip
+    with Progress(*columns, console=console, disable=not sys.stderr.isatty() and "OTFPARSL_PROGRESS" not in os.environ) as progress:
+        task = progress.add_task("md", total=total, status="starting")
+
+        def on_step(info) -> None:
+            status = (
+                f"t={info.time_fs:7.1f} fs  T={info.temperature_K:6.1f} K  DFT={info.n_labels:3d}  "
+                f"conf={info.confidence:.3f}  gen={info.generation}"
+            )
+            progress.update(task, advance=1, status=status)
+
+        yield on_step
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="otfparsl run", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

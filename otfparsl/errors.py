@@ -1,0 +1,59 @@
+"""The exception hierarchy of otfparsl.
+
+Every error a user can cause or meet derives from :class:`OtfparslError`. Messages say what was
+wrong, the value received, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class OtfparslError(Exception):
+    """Base class of every otfparsl error."""
+
+
+class ConfigurationError(OtfparslError, ValueError):
+    """A setting, input file or structure is invalid."""
+
+
+class MissingDependencyError(OtfparslError, ImportError):
+    """An optional dependency is needed for the requested feature."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        super().__init__(
+            f"{feature} needs the package '{package}', which is not installed. "
+            f"Install it with: pip install 'otfparsl[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class ModelError(OtfparslError):
+    """A model cannot be loaded, or cannot handle the given structure."""
+
+
+class LabelingFailed(OtfparslError):
+    """A reference (DFT) calculation failed.
+
+    Parameters
+    ----------
+    message
+        What failed.
+    output
+        The code's own output (log text or a path to it), kept for the user.
+    """
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+class SCFNotConverged(LabelingFailed):
+    """The self-consistent field iterations of the reference calculation did not converge."""
+
+
+class SamplerDiverged(OtfparslError):
+    """A Markov chain produced NaN or inf in its weights or its loss."""
+
+
+class SiteError(OtfparslError):
+    """A Parsl site profile is missing, malformed or cannot start."""

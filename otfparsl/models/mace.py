@@ -1,0 +1,252 @@
+"""MACE adapter (mace-torch): MACE-MP-0 by name, any ``.model`` file, or a tiny in-process MACE.
+
+Sources (``ModelSpec.source``):
+
+- ``"tiny"``: a small ScaleShiftMACE built in process from ``spec.seed`` (deterministic,
+  synthetic weights; for tests and examples). Options (``spec.options``): ``r_max`` (Å, 4.5),
+  ``channels`` (16), ``max_ell`` (2), ``num_interactions`` (2), ``correlation`` (2).
+- ``"mace-mp-0:<size>"`` (``small``, ``medium``, ``large``): through mace-torch's own
+  ``mace.calculators.mace_mp``, which **downloads** the weights on first use (cached in
+  ``~/.cache/mace``). Never used in the tests.
+- any other string: a path to a local ``.model`` file saved with ``torch.save(model)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from otfparsl.bayes.types import Batch, Prediction
+from otfparsl.errors import ConfigurationError, ModelError
+from otfparsl.models import family_defaults
+from otfparsl.models.base import ModelSpec, PreparedStructure, collate_labels, structure_index
+
+logger = logging.getLogger(__name__)
+
+#: Elements of the tiny model: H C N O and the EMT metals Al Ni Cu Pd Ag Pt Au.
+TINY_ATOMIC_NUMBERS: tuple[int, ...] = (1, 6, 7, 8, 13, 28, 29, 46, 47, 78, 79)
+_TINY_OPTIONS = {
+    "r_max": 4.5, "channels": 16, "max_ell": 2, "num_interactions": 2, "correlation": 2
+}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_tiny_mace(
+    seed: int, dtype: torch.dtype = torch.float64, **options: float
+) -> torch.nn.Module:
+    """Build a small ScaleShiftMACE with deterministic random weights.
+
+    Parameters
+    ----------
+    seed
+        Seed of the weight initialisation (the global torch RNG is left untouched).
+    dtype
+        Floating point type of the weights.
+    **options
+        ``r_max`` (Å), ``channels``, ``max_ell``, ``num_interactions``, ``correlation``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The MACE model. Its E0s (synthetic: -1 eV - 0.1 eV x element index) and the
+        scale/shift are buffers, not parameters.
+    """
+    from mace import modules  # first: mace sets up torch.load for e3nn's constants
+    from e3nn import o3
+
+    unknown = set(options) - set(_TINY_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown tiny-MACE options {sorted(unknown)}; allowed: {sorted(_TINY_OPTIONS)}"
+        )
+    opt = {**_TINY_OPTIONS, **options}
+    ch = int(opt["channels"])
+    n_el = len(TINY_ATOMIC_NUMBERS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = modules.ScaleShiftMACE(
+            r_max=float(opt["r_max"]), num_bessel=8, num_polynomial_cutoff=5,
+            max_ell=int(opt["max_ell"]),
+            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+            num_interactions=int(opt["num_interactions"]), num_elements=n_el,
+            hidden_irreps=o3.Irreps(f"{ch}x0e + {ch}x1o"), MLP_irreps=o3.Irreps("16x0e"),
+            atomic_energies=-1.0 - 0.1 * np.arange(n_el), avg_num_neighbors=8.0,
+            atomic_numbers=list(TINY_ATOMIC_NUMBERS), correlation=int(opt["correlation"]),
+            gate=torch.nn.functional.silu, atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        )
+    return model.to(dtype)
+
+
+def _load_mace_model(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
+    """Build or load the MACE model named by ``spec.source``."""
+    if spec.source == "tiny":
+        return build_tiny_mace(spec.seed, dtype, **dict(spec.options))
+    if spec.source.startswith("mace-mp-0"):
+        from mace.calculators import mace_mp  # downloads the weights on first use
+
+        size = spec.source.partition(":")[2] or "medium"
+        logger.info("loading MACE-MP-0 %s through mace_mp (downloads on first use)", size)
+        dtype_name = "float64" if dtype == torch.float64 else "float32"
+        return mace_mp(model=size, device="cpu", default_dtype=dtype_name,
+                       return_raw_model=True)
+    path = Path(spec.source).expanduser()
+    if not path.is_file():
+        raise ConfigurationError(
+            f"MACE source {spec.source!r} is neither 'tiny', 'mace-mp-0:<size>' nor an "
+            "existing .model file. Give one of those."
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _invariant_feature_index(model: torch.nn.Module) -> torch.Tensor:
+    """Return the positions of the l=0 (``0e``) channels in MACE's concatenated node_feats."""
+    import mace  # noqa: F401  (before e3nn, see build_tiny_mace)
+    from e3nn import o3
+
+    index: list[int] = []
+    offset = 0
+    for product in model.products:
+        irreps = o3.Irreps(str(product.linear.irreps_out))
+        for (_mul, ir), sl in zip(irreps, irreps.slices()):
+            if ir.l == 0 and ir.p == 1:
+                index.extend(range(offset + sl.start, offset + sl.stop))
+        offset += irreps.dim
+    return torch.tensor(index, dtype=torch.long)
+
+
+class MACECore(torch.nn.Module):
+    """A MACE model as a core: ``forward(inputs, compute_stress, training) -> Prediction``.
+
+    Its parameters are exactly the MACE parameters (all sampled); E0s and scale/shift are
+    buffers of the MACE model.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("feature_index", _invariant_feature_index(model), persistent=False)
+
+    def forward(self, inputs: dict[str, torch.Tensor], compute_stress: bool = False,
+                training: bool = False) -> Prediction:
+        """Predict energy, forces = -dE/dr, stress (periodic cells) and invariant features.
+
+        Parameters
+        ----------
+        inputs
+            The dict made by :meth:`MACEAdapter.collate` (positions ``(A, 3)`` Å, ...).
+        compute_stress
+            Compute the ``(S, 3, 3)`` stress, eV/Å^3, ASE sign ``(1/V) dE/d(strain)``;
+            zero for structures that are not periodic in all three directions.
+        training
+            Keep the graph of forces and stress (``create_graph``) for losses on them.
+        """
+        data = dict(inputs)
+        data["positions"] = inputs["positions"].detach().clone()
+        out = self.model(data, training=training, compute_force=True,
+                         compute_virials=compute_stress, compute_stress=False)
+        stress = None
+        if compute_stress:
+            periodic = inputs["periodic"]
+            cell = inputs["cell"].view(-1, 3, 3)
+            volume = torch.where(periodic, torch.linalg.det(cell).abs(),
+                                 torch.ones_like(periodic, dtype=cell.dtype))
+            # MACE's virials are -dE/d(strain); ASE stress is +(1/V) dE/d(strain).
+            stress = -out["virials"] / volume.view(-1, 1, 1) * periodic.view(-1, 1, 1)
+        pred = Prediction(energy=out["energy"], forces=out["forces"], stress=stress,
+                          features=out["node_feats"].index_select(-1, self.feature_index))
+        if not training:
+            pred = Prediction(*(t.detach() if t is not None else None for t in (
+                pred.energy, pred.forces, pred.stress, pred.features)))
+        return pred
+
+
+class MACEAdapter:
+    """MACE behind the :class:`~otfparsl.models.base.ModelAdapter` protocol.
+
+    Parameters
+    ----------
+    spec
+        ``family="mace"``; ``source`` as in the module docstring.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if spec.dtype not in _DTYPES:
+            raise ConfigurationError(
+                f"dtype must be one of {sorted(_DTYPES)}; got {spec.dtype!r}"
+            )
+        self.spec = spec
+        self.dtype = _DTYPES[spec.dtype]
+        self.device = torch.device(spec.device)
+        model = _load_mace_model(spec, self.dtype).to(dtype=self.dtype, device=self.device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.core = MACECore(model).to(self.device)
+        self.n_features = int(self.core.feature_index.numel())
+        self.defaults = family_defaults("mace")
+        self.r_max = float(model.r_max)
+        self.atomic_numbers = [int(z) for z in model.atomic_numbers]
+        self._z_to_index = {z: i for i, z in enumerate(self.atomic_numbers)}
+
+    def check_atoms(self, atoms: Atoms) -> None:
+        """Raise ModelError if ``atoms`` holds elements the model was not trained on."""
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self._z_to_index))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = [chemical_symbols[z] for z in unknown]
+            known = [chemical_symbols[z] for z in self.atomic_numbers]
+            raise ModelError(
+                f"the MACE model ({self.spec.source}) does not know the element(s) {names}; "
+                f"it knows {known}. Use a model trained on these elements."
+            )
+
+    def prepare(self, atoms: Atoms) -> PreparedStructure:
+        """Build the neighbour list of one structure once (mace.data, matscipy), on CPU."""
+        from mace.data.neighborhood import get_neighborhood
+
+        self.check_atoms(atoms)
+        pbc = tuple(bool(p) for p in atoms.pbc)
+        cell = np.array(atoms.cell.array, dtype=float)
+        edge_index, shifts, unit_shifts, _ = get_neighborhood(
+            positions=atoms.positions, cutoff=self.r_max, pbc=pbc, cell=cell.copy())
+        species = torch.tensor([self._z_to_index[int(z)] for z in atoms.numbers])
+        graph = {
+            "positions": torch.tensor(atoms.positions, dtype=torch.float64),
+            "species": species,
+            "edge_index": torch.tensor(edge_index, dtype=torch.long),
+            "shifts": torch.tensor(shifts, dtype=torch.float64),
+            "unit_shifts": torch.tensor(unit_shifts, dtype=torch.float64),
+            "cell": torch.tensor(cell, dtype=torch.float64),
+        }
+        return PreparedStructure(graph=graph, n_atoms=len(atoms), periodic=all(pbc))
+
+    def collate(self, items: Sequence[PreparedStructure]) -> Batch:
+        """Concatenate prepared structures into the input dict of ``MACE.forward``."""
+        if not items:
+            raise ConfigurationError("cannot collate an empty list of structures")
+        dev, dt = self.device, self.dtype
+        counts = [it.n_atoms for it in items]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        species = torch.cat([it.graph["species"] for it in items])
+        node_attrs = torch.nn.functional.one_hot(species, len(self.atomic_numbers))
+        sidx = structure_index(items, dev)
+        inputs = {
+            "positions": torch.cat([it.graph["positions"] for it in items]).to(dev, dt),
+            "node_attrs": node_attrs.to(dev, dt),
+            "edge_index": torch.cat([it.graph["edge_index"] + int(o)
+                                     for it, o in zip(items, offsets)], dim=1).to(dev),
+            "shifts": torch.cat([it.graph["shifts"] for it in items]).to(dev, dt),
+            "unit_shifts": torch.cat([it.graph["unit_shifts"] for it in items]).to(dev, dt),
+            "cell": torch.cat([it.graph["cell"] for it in items]).to(dev, dt),
+            "batch": sidx,
+            "ptr": torch.tensor(offsets, dtype=torch.long, device=dev),
+            "periodic": torch.tensor([it.periodic for it in items], device=dev),
+        }
+        return Batch(inputs=inputs, structure_index=sidx, n_structures=len(items),
+                     **collate_labels(items, dt, dev))

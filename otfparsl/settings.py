@@ -1,0 +1,221 @@
+"""Validated settings of a run (the run YAML), as pydantic models.
+
+Every model rejects unknown keys (with a suggestion for a misspelt one), carries a description
+and a unit on every field, and defaults to the method's published values (method.md). The core
+receives explicit arguments built from these models, never the settings object itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from otfparsl.errors import ConfigurationError
+from otfparsl.units import KCAL_PER_MOL_EV
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    """Which foundation model to fine-tune."""
+
+    family: Literal["mace", "chgnet", "equiformer"] = Field(
+        "chgnet", description="Model family (mace-torch, chgnet, fairchem EquiformerV2)."
+    )
+    source: str = Field(
+        "0.3.0",
+        description="mace: 'tiny', 'mace-mp-0:medium' (downloads) or a .model path; "
+        "chgnet: '0.3.0' (ships in the wheel).",
+    )
+    dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type.")
+    device: str = Field("cpu", description="torch device of the orchestrator's ensemble.")
+    chain_device: str = Field("auto", description="torch device of chain updates ('auto': cuda if seen).")
+    seed: int = Field(0, description="Seed of in-process ('tiny') model weights.")
+
+
+class BayesSettings(_Strict):
+    """Posterior sampling (method.md sections 1-3)."""
+
+    n_chains: int = Field(8, ge=1, le=64, description="Independent SGHMC chains M.")
+    sigma_tl: float | None = Field(None, gt=0, description="Transfer prior width; None: family default.")
+    step_size: float | None = Field(None, gt=0, description="gamma_0 of the cosine cycle; None: family default.")
+    n_steps: int = Field(2000, ge=1, description="SGHMC steps per update (one cosine cycle).")
+    batch_size: int = Field(5, ge=1, description="Structures per minibatch.")
+    noise_off_steps: int = Field(398, ge=0, description="Steps with zero noise at the start of a cycle.")
+    noise_ramp_steps: int = Field(100, ge=0, description="Steps of the linear 0 -> 1 noise ramp.")
+    priority: Literal["unbiased", "original", "uniform"] = Field(
+        "unbiased", description="Minibatch rule for the newest structure (original = biased rule of the paper's code)."
+    )
+    variance_ddof: Literal[0, 1] = Field(
+        0, description="Divisor of the spread of member means: 0 -> M, 1 -> M-1 (original code)."
+    )
+    seed: int = Field(0, description="Base seed; chain k uses seed + k.")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> BayesSettings:
+        if self.noise_off_steps + self.noise_ramp_steps > self.n_steps:
+            raise ValueError(
+                f"noise_off_steps + noise_ramp_steps ({self.noise_off_steps} + {self.noise_ramp_steps}) "
+                f"exceed n_steps ({self.n_steps}); shorten the noise schedule or run more steps"
+            )
+        return self
+
+
+class CalibrationSettings(_Strict):
+    """On-the-fly calibration and the DFT decision (method.md section 5)."""
+
+    energy_threshold_eV: float = Field(
+        0.5 * KCAL_PER_MOL_EV, gt=0, description="K: total-structure energy error threshold, eV."
+    )
+    confidence: float = Field(0.95, description="Call DFT when P(|error| <= K) falls below this.")
+    gamma_shape: float | None = Field(None, gt=0, description="a of the Gamma prior; None: family default.")
+    gamma_rate: float | None = Field(None, gt=0, description="b of the Gamma prior; None: family default.")
+    skip_first: int = Field(2, ge=0, description="Interventions excluded from the statistics.")
+    ema_decay: float | None = Field(
+        None, description="Exponential moving average of z^2 (0 < decay < 1) for drifting miscalibration."
+    )
+    force_threshold_eV_per_A: float | None = Field(
+        None, gt=0, description="Optional per-component force threshold, eV/Å."
+    )
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence_is_probability(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            hint = f" Did you mean {value / 100:g}?" if 1.0 < value < 100.0 else ""
+            raise ValueError(f"confidence must be in (0, 1); got {value}.{hint}")
+        return value
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _decay_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or null; got {value}")
+        return value
+
+
+class LabelerSettings(_Strict):
+    """The reference (DFT) calculation."""
+
+    kind: Literal["pyscf", "vasp", "ase"] = Field("pyscf", description="Labeller family.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the labeller (xc, basis, incar, ...)."
+    )
+    retries: int = Field(1, ge=0, description="Retries of a failed label before skipping the structure.")
+    max_consecutive_failures: int = Field(3, ge=1, description="Stop cleanly after this many failures in a row.")
+
+
+class SegmentSettings(_Strict):
+    """One segment of the temperature programme."""
+
+    ensemble: Literal["langevin", "nve", "npt"] = Field("langevin", description="Dynamics.")
+    temperature_K: float = Field(300.0, gt=0, description="Target (or initial, NVE) temperature, K.")
+    duration_fs: float = Field(..., gt=0, description="Length of the segment, fs.")
+    timestep_fs: float = Field(0.5, gt=0, le=10, description="MD time step, fs.")
+    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction, 1/fs.")
+    pressure_bar: float = Field(1.0, description="NPT external pressure, bar.")
+    thermostat_time_fs: float = Field(25.0, gt=0, description="NPT thermostat time constant, fs.")
+    barostat_time_fs: float = Field(75.0, gt=0, description="NPT barostat time constant, fs.")
+    bulk_modulus_GPa: float = Field(100.0, gt=0, description="NPT barostat bulk modulus estimate, GPa.")
+
+
+class MDSettings(_Strict):
+    """The molecular dynamics driven by the on-the-fly calculator."""
+
+    segments: list[SegmentSettings] = Field(..., min_length=1, description="Temperature programme.")
+    seed: int = Field(1, description="Seed of initial velocities and the thermostat.")
+    trajectory_interval: int = Field(10, ge=1, description="Write a frame every N steps.")
+    walkers: int = Field(1, ge=1, le=64, description="Independent MD replicas sharing one ensemble.")
+
+
+class RunSettings(_Strict):
+    """A whole on-the-fly run: what to simulate and how accurately."""
+
+    name: str = Field("run", description="Name of the run (run directory default runs/NAME).")
+    structure: str = Field(..., description="Structure file (extxyz, CIF, POSCAR, ...) relative to the YAML.")
+    run_dir: str | None = Field(None, description="Run directory; default runs/NAME next to the YAML's cwd.")
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    bayes: BayesSettings = Field(default_factory=BayesSettings)
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
+    labeler: LabelerSettings = Field(default_factory=LabelerSettings)
+    md: MDSettings
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunSettings:
+        """Read and validate a run YAML; relative paths are resolved against its folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigurationError(f"run file {str(path)!r} does not exist; check the path")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"run file {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"run file {str(path)!r} must hold a mapping of settings")
+        settings = cls.from_dict(data)
+        return settings.resolve_paths(path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSettings:
+        """Validate a settings mapping, turning pydantic's errors into one clear message."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigurationError(_explain(exc)) from None
+
+    def resolve_paths(self, base: Path) -> RunSettings:
+        """Return a copy with the structure path made absolute against ``base``."""
+        structure = Path(self.structure)
+        if not structure.is_absolute():
+            structure = (base / structure).resolve()
+        return self.model_copy(update={"structure": str(structure)})
+
+    def to_yaml(self) -> str:
+        """Return the fully resolved settings as YAML text."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(_unknown_key_message(where))
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _unknown_key_message(where: str) -> str:
+    *parents, key = where.split(".")
+    model: type[BaseModel] = RunSettings
+    for part in parents:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        nested = _nested_model(field.annotation) if field is not None else None
+        if nested is None:
+            break
+        model = nested
+    allowed = sorted(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else f" Allowed: {', '.join(allowed)}."
+    return f"unknown setting {where!r}.{hint}"
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None

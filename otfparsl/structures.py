@@ -1,0 +1,90 @@
+"""Read and check the starting structure of a run (any file ASE or pymatgen reads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from otfparsl.errors import ConfigurationError
+
+#: Two atoms closer than this (Å) are treated as overlapping input.
+MIN_DISTANCE_A = 0.5
+
+
+def read_structure(path: str | os.PathLike) -> Atoms:
+    """Read a structure file (extxyz, xyz, CIF, POSCAR, ...) with ASE, then pymatgen.
+
+    Raises
+    ------
+    ConfigurationError
+        When the file does not exist or neither reader can parse it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"structure file {str(path)!r} does not exist; check the path")
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path)
+    except Exception as ase_error:  # noqa: BLE001 - fall back to pymatgen's readers
+        try:
+            atoms = _read_with_pymatgen(path)
+        except Exception:  # noqa: BLE001
+            raise ConfigurationError(
+                f"cannot read structure file {str(path)!r}: {ase_error}. "
+                "Use a format ASE or pymatgen reads (extxyz, xyz, CIF, POSCAR)"
+            ) from None
+    return check_structure(to_atoms(atoms))
+
+
+def to_atoms(structure: Any) -> Atoms:
+    """Convert an ASE ``Atoms`` or a pymatgen ``Structure``/``Molecule`` to ``Atoms``."""
+    if isinstance(structure, Atoms):
+        return structure.copy()
+    try:
+        from pymatgen.core import Molecule, Structure
+        from pymatgen.io.ase import AseAtomsAdaptor
+    except ImportError:  # pragma: no cover - pymatgen is a dependency
+        Structure = Molecule = ()  # type: ignore[assignment]
+    if isinstance(structure, (Structure, Molecule)):
+        return AseAtomsAdaptor.get_atoms(structure)
+    raise ConfigurationError(
+        f"a structure must be an ASE Atoms or a pymatgen Structure/Molecule; got {type(structure).__name__}"
+    )
+
+
+def check_structure(atoms: Atoms) -> Atoms:
+    """Reject empty structures, mixed periodicity and overlapping atoms; return ``atoms``."""
+    if len(atoms) == 0:
+        raise ConfigurationError("the structure has no atoms")
+    if atoms.pbc.any() and not atoms.pbc.all():
+        raise ConfigurationError(
+            f"mixed periodicity pbc={atoms.pbc.tolist()} is not supported; "
+            "use a molecule (no pbc) or a fully periodic cell"
+        )
+    if atoms.pbc.all() and atoms.cell.volume < 1e-6:
+        raise ConfigurationError("the structure is periodic but its cell has zero volume")
+    if len(atoms) > 1:
+        distances = atoms.get_all_distances(mic=bool(atoms.pbc.all()))
+        np.fill_diagonal(distances, np.inf)
+        i, j = np.unravel_index(np.argmin(distances), distances.shape)
+        if distances[i, j] < MIN_DISTANCE_A:
+            raise ConfigurationError(
+                f"atoms {i} ({atoms[i].symbol}) and {j} ({atoms[j].symbol}) are "
+                f"{distances[i, j]:.3f} Å apart (minimum {MIN_DISTANCE_A} Å): overlapping atoms; "
+                "check the coordinates (units must be Å)"
+            )
+    return atoms
+
+
+def _read_with_pymatgen(path: Path) -> Atoms:
+    from pymatgen.core import Molecule, Structure
+
+    try:
+        return to_atoms(Structure.from_file(path))
+    except Exception:  # noqa: BLE001
+        return to_atoms(Molecule.from_file(path))

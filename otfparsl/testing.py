@@ -1,0 +1,177 @@
+"""Contract checks for model adapters, shipped as library code so every adapter meets the same bar.
+
+Each check predicts through the adapter's public pieces (``prepare`` -> ``collate`` ->
+``core``), returns the largest error it measured, and raises ``AssertionError`` with the
+numbers when that error exceeds ``tol``. They are test helpers (hence ``AssertionError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from otfparsl.bayes.types import Prediction
+from otfparsl.models.base import ModelAdapter
+
+__all__ = [
+    "check_batched_equals_single",
+    "check_forces_are_gradient",
+    "check_rotation_invariance_of_features",
+    "check_stress_is_strain_derivative",
+    "predict",
+]
+
+
+def predict(adapter: ModelAdapter, structures: Sequence[Atoms], compute_stress: bool = False,
+            training: bool = False) -> Prediction:
+    """Predict a list of structures in one batch through ``prepare``, ``collate`` and ``core``."""
+    batch = adapter.collate([adapter.prepare(a) for a in structures])
+    return adapter.core(batch.inputs, compute_stress=compute_stress, training=training)
+
+
+def _energy(adapter: ModelAdapter, atoms: Atoms) -> float:
+    return float(predict(adapter, [atoms]).energy[0])
+
+
+def _fail(name: str, err: float, tol: float, detail: str = "") -> None:
+    if not err <= tol:
+        raise AssertionError(f"{name}: max error {err:.3e} exceeds tol {tol:.3e}. {detail}")
+
+
+def check_forces_are_gradient(adapter: ModelAdapter, atoms: Atoms, delta: float = 1e-4,
+                              tol: float = 1e-6) -> float:
+    """Check forces = -dE/dr by central finite differences of the energy.
+
+    Parameters
+    ----------
+    adapter
+        The adapter under test.
+    atoms
+        A structure; every Cartesian component of every atom is displaced by ``±delta`` Å.
+    delta
+        Displacement in Å.
+    tol
+        Largest allowed absolute difference in eV/Å.
+
+    Returns
+    -------
+    float
+        Max |F_model + dE/dr_FD| in eV/Å.
+    """
+    forces = predict(adapter, [atoms]).forces.detach().cpu().double().numpy()
+    fd = np.zeros_like(forces)
+    for i in range(len(atoms)):
+        for j in range(3):
+            e = []
+            for sign in (1.0, -1.0):
+                moved = atoms.copy()
+                moved.positions[i, j] += sign * delta
+                e.append(_energy(adapter, moved))
+            fd[i, j] = -(e[0] - e[1]) / (2.0 * delta)
+    err = float(np.abs(forces - fd).max())
+    _fail("forces vs -dE/dr", err, tol, f"model {forces.ravel()[:6]} fd {fd.ravel()[:6]}")
+    return err
+
+
+def check_stress_is_strain_derivative(adapter: ModelAdapter, atoms: Atoms, delta: float = 1e-4,
+                                      tol: float = 1e-6) -> float:
+    """Check stress = (1/V) dE/d(strain) (ASE sign) by central finite symmetric strains.
+
+    Parameters
+    ----------
+    adapter
+        The adapter under test.
+    atoms
+        A periodic structure.
+    delta
+        Strain amplitude (dimensionless); off-diagonal strains put ``delta/2`` in (i, j) and
+        (j, i).
+    tol
+        Largest allowed absolute difference in eV/Å^3.
+
+    Returns
+    -------
+    float
+        Max |stress_model - stress_FD| in eV/Å^3.
+    """
+    if not all(atoms.pbc):
+        raise ValueError("the strain check needs a structure periodic in all directions")
+    stress = predict(adapter, [atoms], compute_stress=True).stress[0]
+    stress = stress.detach().cpu().double().numpy()
+    volume = atoms.get_volume()
+    fd = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            e = []
+            for sign in (1.0, -1.0):
+                eps = np.zeros((3, 3))
+                eps[i, j] += sign * delta / 2.0
+                eps[j, i] += sign * delta / 2.0
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + eps), scale_atoms=True)
+                e.append(_energy(adapter, strained))
+            fd[i, j] = fd[j, i] = (e[0] - e[1]) / (2.0 * delta * volume)
+    err = float(np.abs(stress - fd).max())
+    _fail("stress vs (1/V) dE/d(strain)", err, tol, f"model {stress.ravel()} fd {fd.ravel()}")
+    return err
+
+
+def check_batched_equals_single(adapter: ModelAdapter, structures: Sequence[Atoms],
+                                tol: float = 1e-8) -> float:
+    """Check that one batched prediction equals predicting each structure alone.
+
+    Compares energy, forces, stress (where every structure is periodic) and features.
+
+    Returns
+    -------
+    float
+        Max absolute difference over all predicted quantities (mixed units).
+    """
+    stress = all(all(a.pbc) for a in structures)
+    batched = predict(adapter, structures, compute_stress=stress)
+    singles = [predict(adapter, [a], compute_stress=stress) for a in structures]
+    pairs = [(batched.energy, torch.cat([s.energy for s in singles])),
+             (batched.forces, torch.cat([s.forces for s in singles])),
+             (batched.features, torch.cat([s.features for s in singles]))]
+    if stress:
+        pairs.append((batched.stress, torch.cat([s.stress for s in singles])))
+    err = max(float((a - b).abs().max()) for a, b in pairs)
+    _fail("batched vs single", err, tol)
+    return err
+
+
+def check_rotation_invariance_of_features(adapter: ModelAdapter, atoms: Atoms, seed: int = 0,
+                                          tol: float = 1e-8) -> float:
+    """Check features and energy are invariant, and forces rotate, under a random rotation.
+
+    The structure (and its cell) is rotated rigidly about a random axis by a random angle.
+
+    Returns
+    -------
+    float
+        Max of |features' - features|, |E' - E| and |F' - F R^T| (mixed units).
+    """
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    angle = float(rng.uniform(20.0, 160.0))
+    rotated = atoms.copy()
+    rotated.rotate(angle, axis, center=(0.0, 0.0, 0.0), rotate_cell=True)
+    ref = predict(adapter, [atoms])
+    new = predict(adapter, [rotated])
+    r = _rotation_matrix(angle, axis)
+    forces_back = new.forces.detach().cpu().double().numpy() @ r  # F' = F R^T -> F = F' R
+    err = max(float((new.features - ref.features).abs().max()),
+              float((new.energy - ref.energy).abs().max()),
+              float(np.abs(forces_back - ref.forces.detach().cpu().double().numpy()).max()))
+    _fail("rotation invariance", err, tol)
+    return err
+
+
+def _rotation_matrix(angle_deg: float, axis: np.ndarray) -> np.ndarray:
+    """Return the matrix R with ``Atoms.rotate(angle_deg, axis)``: r' = R r."""
+    probe = Atoms("H3", positions=np.eye(3))
+    probe.rotate(angle_deg, axis, center=(0.0, 0.0, 0.0))
+    return probe.positions.T

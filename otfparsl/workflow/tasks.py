@@ -1,0 +1,42 @@
+"""The two kinds of remote work, as thin plain functions over the science packages.
+
+They take and return picklable values (Atoms, paths, frozen dataclasses, numbers) so that any
+executor (a thread pool, a Parsl HighThroughputExecutor on a Slurm node) can run them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from otfparsl.training import ChainJob, update_chain_file
+
+
+def label_structure(atoms: Atoms, kind: str, options: dict[str, Any], workdir: str) -> Atoms:
+    """Label one structure with a DFT code in its own working directory.
+
+    Returns the labelled copy (SinglePointCalculator with the raw DFT energy, forces, stress);
+    ``info["label_seconds"]`` holds the wall time of the calculation.
+    """
+    from otfparsl.labelers import make_labeler
+
+    start = time.perf_counter()
+    labelled = make_labeler(kind, **options).label(atoms, Path(workdir))
+    labelled.info.setdefault("label_seconds", time.perf_counter() - start)
+    return labelled
+
+
+def update_chain(job: ChainJob) -> dict:
+    """Run one SGHMC update of one chain file (see :func:`otfparsl.training.update_chain_file`)."""
+    return update_chain_file(job)
+
+
+def noop(role: str) -> dict:
+    """Report where a task of ``role`` runs (used by ``otfparsl sites check``)."""
+    import os
+    import socket
+
+    return {"role": role, "host": socket.gethostname(), "pid": os.getpid()}

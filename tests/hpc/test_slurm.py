@@ -1,0 +1,142 @@
+"""The slurm_l40s profile on a real (single-node) Slurm: DFT and chain tasks run as batch jobs.
+
+Parsl's SlurmProvider submits one block per role with sbatch; the worker pool starts inside the
+job on this host and connects back to the interchange over loopback. The GPU request is off
+(``gpus_per_node=0``), so the same profile a GPU cluster uses runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from otfparsl.workflow.site import open_site
+
+pytestmark = pytest.mark.slurm
+logger = logging.getLogger(__name__)
+
+SITE = Path(__file__).resolve().parents[2] / "sites" / "slurm_l40s.py"
+# Where this module is importable from, for the workers that unpickle its task functions.
+IMPORT_ROOT = Path(__file__).resolve().parents[len(__name__.split(".")) - 1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _job_env() -> dict[str, str | None]:
+    keys = ("SLURM_JOB_ID", "SLURM_STEP_ID", "OTFPARSL_MPI_COMMAND", "PARSL_WORKER_RANK")
+    return {"hostname": socket.gethostname(), "pid": str(os.getpid())} | {k: os.environ.get(k) for k in keys}
+
+
+def h2() -> object:
+    from ase import Atoms
+
+    return Atoms("H2", positions=[(0.0, 0.0, 0.0), (0.0, 0.0, 0.74)])
+
+
+def label_task(workdir: str) -> tuple[object, dict, str]:
+    """A DFT label (PySCF HF/STO-3G of H2) plus one MPI-launched step, inside the dft job."""
+    import shlex
+
+    from otfparsl.labelers import make_labeler
+
+    labelled = make_labeler("pyscf", xc="hf", basis="sto-3g", verbose=0).label(h2(), Path(workdir))
+    mpi = shlex.split(os.environ.get("OTFPARSL_MPI_COMMAND", ""))
+    step = subprocess.run([*mpi, "printenv", "SLURM_STEP_ID"], capture_output=True, text=True, timeout=60)
+    return labelled, _job_env(), step.stdout.strip() or step.stderr.strip()
+
+
+def chain_update_task(weights_in: str, weights_out: str, seed: int, steps: int) -> dict:
+    """A chain-update-like task: a few Adam steps on a tiny MLP, weights exchanged as files."""
+    import torch
+
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    model.load_state_dict(torch.load(weights_in, map_location="cpu", weights_only=True))
+    x = torch.randn(64, 3, generator=generator, dtype=torch.float64)
+    y = torch.sin(x).sum(dim=1, keepdim=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, weights_out)
+    return {"losses": losses} | _job_env()
+
+
+@pytest.fixture
+def slurm_site(slurm_cluster, tmp_path):
+    """Open the slurm_l40s profile on the test cluster; scancel whatever is left afterwards."""
+    options = {
+        "partition": slurm_cluster.partition,
+        "gpus_per_node": "0",
+        "chain_workers": "1",
+        "cores_per_dft": "1",
+        "walltime": "00:10:00",
+        "exclusive": "false",
+        "address": "127.0.0.1",
+        "worker_init": f"export PATH={Path(sys.executable).parent}:$PATH\n"
+        f"export PYTHONPATH={IMPORT_ROOT}:{REPO_ROOT}:${{PYTHONPATH:-}}",
+    }
+    start = time.perf_counter()
+    try:
+        with open_site(SITE, tmp_path, options) as site:
+            yield site, start
+    finally:
+        jobs = slurm_cluster.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        if jobs:
+            slurm_cluster.run("scancel", *jobs, check=False)
+
+
+def test_dft_and_chain_tasks_run_as_slurm_jobs(slurm_site, slurm_cluster, tmp_path):
+    import torch
+
+    site, start = slurm_site
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    weights_in, weights_out = tmp_path / "chain_0_in.pt", tmp_path / "chain_0.pt"
+    torch.save(model.state_dict(), weights_in)
+
+    label_future = site.submit("dft", label_task, str(tmp_path / "labels" / "0"))
+    chain_future = site.submit("chains", chain_update_task, str(weights_in), str(weights_out), 7, 20)
+    labelled, dft_env, step_id = label_future.result(timeout=240)
+    chain = chain_future.result(timeout=240)
+    elapsed = time.perf_counter() - start
+    running = slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.split()
+    logger.info("slurm ready %.2f s; both tasks done %.2f s after open_site", slurm_cluster.ready_s, elapsed)
+
+    # Both ran inside batch jobs of this cluster, in worker processes (not this process).
+    assert dft_env["SLURM_JOB_ID"] in running and chain["SLURM_JOB_ID"] in running
+    assert dft_env["SLURM_JOB_ID"] != chain["SLURM_JOB_ID"]  # one block per role
+    assert {dft_env["pid"], chain["pid"]}.isdisjoint({str(os.getpid())})
+    # The DFT job can launch an MPI step with the profile's srun prefix.
+    assert dft_env["OTFPARSL_MPI_COMMAND"] == "srun -n 1" and step_id.isdigit()
+
+    # Physics: the label equals PySCF run here, and the forces on H2 are equal and opposite.
+    from otfparsl.labelers import make_labeler
+
+    local = make_labeler("pyscf", xc="hf", basis="sto-3g", verbose=0).label(h2(), tmp_path / "local")
+    assert labelled.get_potential_energy() == pytest.approx(local.get_potential_energy(), abs=1e-8)
+    forces = labelled.get_forces()
+    np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-6)
+    assert abs(forces[0, 2]) > 1e-3  # 0.74 Å is not exactly the HF/STO-3G minimum (0.712 Å)
+
+    # Training: the loss fell, and the weights file equals the same update run in this process.
+    assert chain["losses"][-1] < 0.5 * chain["losses"][0]
+    here = chain_update_task(str(weights_in), str(tmp_path / "here.pt"), 7, 20)
+    assert here["losses"] == pytest.approx(chain["losses"], rel=1e-12)
+    remote_state = torch.load(weights_out, weights_only=True)
+    local_state = torch.load(tmp_path / "here.pt", weights_only=True)
+    for key, value in local_state.items():
+        torch.testing.assert_close(remote_state[key], value, rtol=0, atol=1e-12)
+    assert not torch.equal(remote_state["0.weight"], model.state_dict()["0.weight"])

@@ -1,0 +1,101 @@
+"""The whole on-the-fly loop on a tiny MACE with EMT as the reference (thread executors)."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from otfparsl.settings import RunSettings
+from otfparsl.workflow.driver import run
+from otfparsl.workflow.state import read_events
+from otfparsl.workflow.submit import ThreadSubmitter
+
+
+def _settings(tmp_path, n_md_steps: int, **calibration) -> RunSettings:
+    return RunSettings.from_dict(
+        {
+            "name": "cu",
+            "structure": "unused.xyz",
+            "model": {"family": "mace", "source": "tiny", "dtype": "float64", "chain_device": "cpu"},
+            "bayes": {"n_chains": 4, "n_steps": 60, "noise_off_steps": 20, "noise_ramp_steps": 10, "seed": 3},
+            "calibration": {"energy_threshold_eV": 0.01, **calibration},
+            "labeler": {"kind": "ase", "options": {"name": "emt"}},
+            "md": {
+                "segments": [{"ensemble": "langevin", "temperature_K": 300, "duration_fs": n_md_steps * 2.0, "timestep_fs": 2.0}],
+                "seed": 5,
+                "trajectory_interval": 5,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("otf")
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    settings = _settings(tmp_path, n_md_steps=200)
+    with ThreadSubmitter(chain_workers=2) as submitter:
+        result = run(settings, submitter=submitter, run_dir=tmp_path / "run", structure=atoms)
+    return result, read_events(tmp_path / "run" / "events.jsonl")
+
+
+@pytest.mark.slow
+def test_first_step_is_labelled_and_every_label_is_written(finished_run):
+    result, events = finished_run
+    steps = [e for e in events if e["event"] == "step"]
+    labels = [e for e in events if e["event"] == "label"]
+    assert steps[0]["step"] == 0 and steps[0]["intervened"]
+    assert labels[0]["step"] == 0
+    assert len(steps) == 201  # the initial force call + 200 MD steps
+    written = ase.io.read(result.run_dir / "labels.extxyz", ":")
+    assert len(written) == len(labels) == result.dft_calls
+    assert [a.info["step"] for a in written] == [lb["step"] for lb in labels]
+    assert sum(s["intervened"] for s in steps) == len(labels)
+
+
+@pytest.mark.slow
+def test_intervention_steps_use_the_dft_result(finished_run):
+    from ase.calculators.emt import EMT
+
+    result, events = finished_run
+    offset = next(e for e in events if e["event"] == "label")
+    offset_eV = offset["energy_pred"] - offset["energy_dft"]
+    frames = ase.io.read(result.run_dir / "trajectory.extxyz", ":")
+    checked = 0
+    for frame in frames:
+        if not frame.info["intervened"]:
+            continue
+        reference = frame.copy()
+        reference.calc = EMT()
+        assert frame.get_potential_energy() == pytest.approx(reference.get_potential_energy() + offset_eV, abs=1e-8)
+        np.testing.assert_allclose(frame.get_forces(), reference.get_forces(), atol=1e-8)
+        checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.slow
+def test_dft_calls_become_rarer_as_the_model_learns(finished_run):
+    result, events = finished_run
+    steps = [e for e in events if e["event"] == "step"]
+    first_half = sum(s["intervened"] for s in steps[:100])
+    second_half = sum(s["intervened"] for s in steps[100:])
+    assert result.dft_calls >= 3
+    assert second_half < first_half
+    updates = [e for e in events if e["event"] == "update"]
+    assert len(updates) == result.dft_calls
+    assert [u["generation"] for u in updates] == list(range(1, len(updates) + 1))
+
+
+@pytest.mark.slow
+def test_ensemble_of_the_run_loads_in_one_call(finished_run):
+    from otfparsl.calculators.ensemble import EnsembleCalculator
+
+    result, _ = finished_run
+    calc = EnsembleCalculator.from_run(result.run_dir)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.calc = calc
+    assert calc.n_members == 4
+    assert np.isfinite(atoms.get_potential_energy())
+    assert calc.results["energy_std"] > 0

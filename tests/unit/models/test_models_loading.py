@@ -1,0 +1,45 @@
+"""load_adapter dispatch, family defaults, missing optional dependencies."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from otfparsl.errors import ConfigurationError, MissingDependencyError
+from otfparsl.models import family_defaults, load_adapter
+from otfparsl.models.base import ModelSpec
+from otfparsl.units import KCAL_PER_MOL_EV
+
+
+def test_family_defaults_are_the_published_values():
+    mace = family_defaults("mace")
+    assert (mace.sigma_tl, mace.step_size, mace.head_hidden) == (0.5, 1e-3, (64, 16))
+    assert (mace.calibration_a, mace.calibration_b) == (1.5, 10.0)
+    nequip = family_defaults("nequip")
+    assert (nequip.sigma_tl, nequip.step_size, nequip.head_hidden) == (0.2, 1e-4, (32, 16))
+    assert (nequip.calibration_a, nequip.calibration_b) == (3.0, 10.0)
+    eq = family_defaults("equiformer")
+    assert (eq.sigma_tl, eq.step_size, eq.head_hidden) == (0.02, 1e-4, (64, 16))
+    chg = family_defaults("chgnet")
+    assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-4, (32, 16))
+    assert KCAL_PER_MOL_EV == pytest.approx(1 / 23.0609, rel=1e-4)
+
+
+def test_unknown_family_lists_allowed_values():
+    with pytest.raises(ConfigurationError, match="chgnet.*mace|mace.*chgnet"):
+        load_adapter(ModelSpec(family="schnet", source="x"))
+    with pytest.raises(ConfigurationError, match="allowed"):
+        family_defaults("schnet")
+
+
+def test_missing_package_raises_with_install_hint(monkeypatch):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name == "chgnet" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(MissingDependencyError, match=r"otfparsl\[chgnet\]") as info:
+        load_adapter(ModelSpec(family="chgnet", source="0.3.0", dtype="float32"))
+    assert info.value.package == "chgnet"
