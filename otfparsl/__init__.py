@@ -23,7 +23,6 @@ _PUBLIC = {
     "RunResult": "otfparsl.workflow.driver",
     "open_site": "otfparsl.workflow.site",
     "ThreadSubmitter": "otfparsl.workflow.submit",
-    "ParslSubmitter": "otfparsl.workflow.submit",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -61,14 +61,15 @@ def validate(run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")]) ->
 @app.command()
 def run(
     run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")],
-    site: Annotated[Optional[Path], typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
-    site_option: Annotated[Optional[list[str]], typer.Option("--site-option", help="key=value for the site profile.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/NAME).")] = None,
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
     restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
 ) -> None:
     """Run on-the-fly fine-tuning MD as RUN_YAML says."""
     from otfparsl.settings import RunSettings
-    from otfparsl.workflow.driver import default_run_dir, run as run_otf
+    from otfparsl.workflow.driver import default_run_dir
+    from otfparsl.workflow.driver import run as run_otf
 
     with _user_errors():
         settings = RunSettings.from_yaml(run_yaml)
@@ -91,7 +92,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
 @sites_app.command("check")
 def sites_check(
     site: Annotated[Path, typer.Argument(help="Site profile sites/X.py.")],
-    site_option: Annotated[Optional[list[str]], typer.Option("--site-option", help="key=value for the site profile.")] = None,
+    site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
     run_dir: Annotated[Path, typer.Option(help="Where Parsl writes runinfo.")] = Path("runs/site-check"),
     timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds per role.")] = 600.0,
 ) -> None:
@@ -106,7 +107,7 @@ def sites_check(
 
 @contextlib.contextmanager
 def _submitter(site: Path | None, options: list[str], run_dir: Path):
-    from otfparsl.workflow.submit import ParslSubmitter, ThreadSubmitter
+    from otfparsl.workflow.submit import ThreadSubmitter
 
     if site is None:
         with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
@@ -114,8 +115,8 @@ def _submitter(site: Path | None, options: list[str], run_dir: Path):
         return
     from otfparsl.workflow.site import open_site, parse_site_options
 
-    with open_site(site, run_dir, parse_site_options(options)):
-        yield ParslSubmitter()
+    with open_site(site, run_dir, parse_site_options(options)) as loaded:
+        yield loaded
 
 
 @contextlib.contextmanager

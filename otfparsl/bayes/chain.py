@@ -191,7 +191,7 @@ class Chain:
 
     def _restore(self, snapshot: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for p, s in zip(self._params, snapshot):
+            for p, s in zip(self._params, snapshot, strict=False):
                 p.copy_(s)
                 p.grad = None
 

@@ -227,7 +227,7 @@ class AMSGradSGHMC:
         self.t += 1
         bias = 1.0 - cfg.beta**self.t
         alpha = cfg.friction
-        for p, v, m, r in zip(self.params, self.v, self.m, self.r):
+        for p, v, m, r in zip(self.params, self.v, self.m, self.r, strict=False):
             g = p.grad
             if g is None:
                 continue

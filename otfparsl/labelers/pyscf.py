@@ -122,7 +122,7 @@ class PySCFLabeler:
         log_path = path / LOG_NAME
         start = time.perf_counter()
         mol = gto.Mole()
-        mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)]
+        mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=False)]
         mol.unit = "Angstrom"
         mol.basis = self.basis
         mol.charge = self.charge

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -92,6 +93,11 @@ class CHGNetCore(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
+        # chgnet turns a cell volume that requires grad into a Python scalar on every call; the
+        # value is right and the warning would flood a user's terminal once per MD step.
+        warnings.filterwarnings(
+            "ignore", message="Converting a tensor with requires_grad", category=UserWarning
+        )
         model.composition_model = None
         model.site_wise = None
         self.model = model

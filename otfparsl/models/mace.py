@@ -56,8 +56,8 @@ def build_tiny_mace(
         The MACE model. Its E0s (synthetic: -1 eV - 0.1 eV x element index) and the
         scale/shift are buffers, not parameters.
     """
-    from mace import modules  # first: mace sets up torch.load for e3nn's constants
     from e3nn import o3
+    from mace import modules  # first: mace sets up torch.load for e3nn's constants
 
     unknown = set(options) - set(_TINY_OPTIONS)
     if unknown:
@@ -113,7 +113,7 @@ def _invariant_feature_index(model: torch.nn.Module) -> torch.Tensor:
     offset = 0
     for product in model.products:
         irreps = o3.Irreps(str(product.linear.irreps_out))
-        for (_mul, ir), sl in zip(irreps, irreps.slices()):
+        for (_mul, ir), sl in zip(irreps, irreps.slices(), strict=False):
             if ir.l == 0 and ir.p == 1:
                 index.extend(range(offset + sl.start, offset + sl.stop))
         offset += irreps.dim
@@ -240,7 +240,7 @@ class MACEAdapter:
             "positions": torch.cat([it.graph["positions"] for it in items]).to(dev, dt),
             "node_attrs": node_attrs.to(dev, dt),
             "edge_index": torch.cat([it.graph["edge_index"] + int(o)
-                                     for it, o in zip(items, offsets)], dim=1).to(dev),
+                                     for it, o in zip(items, offsets, strict=False)], dim=1).to(dev),
             "shifts": torch.cat([it.graph["shifts"] for it in items]).to(dev, dt),
             "unit_shifts": torch.cat([it.graph["unit_shifts"] for it in items]).to(dev, dt),
             "cell": torch.cat([it.graph["cell"] for it in items]).to(dev, dt),

@@ -4,7 +4,7 @@
 calibrator and the data set in a run directory, then runs the temperature programme of each
 walker. The submitter decides where DFT (`dft`) and chain updates (`chains`) run: thread pools
 (:class:`~otfparsl.workflow.submit.ThreadSubmitter`, the default) or a Parsl site
-(:class:`~otfparsl.workflow.submit.ParslSubmitter`). An MD step that needs no DFT never touches
+(the :class:`~otfparsl.workflow.site.Site` that ``open_site`` yields). An MD step that needs no DFT never touches
 the submitter.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +44,21 @@ class RunDirectory:
 
 
 class EventLog:
-    """Append-only JSON-lines log, one event per line, flushed per line (thread-safe)."""
+    """Append-only JSON-lines log, one event per line, flushed per line (thread-safe).
+
+    Every event is stamped with ``wall_s``, seconds since the log was opened.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._t0 = time.perf_counter()
         self._lock = threading.Lock()
         self._handle = open(self.path, "a", buffering=1)  # noqa: SIM115 - closed in close()
 
     def write(self, event: dict) -> None:
         """Append one event."""
-        line = json.dumps(event, default=_json_default)
+        stamped = {**event, "wall_s": round(time.perf_counter() - self._t0, 4)}
+        line = json.dumps(stamped, default=_json_default)
         with self._lock:
             self._handle.write(line + "\n")
 

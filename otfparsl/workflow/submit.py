@@ -1,8 +1,9 @@
 """Submitters: how the on-the-fly loop hands work to a role (`dft`, `chains`, `local`).
 
 The loop only calls ``submitter.submit(role, fn, *args) -> Future``. :class:`ThreadSubmitter`
-uses plain thread pools (no Parsl); :class:`ParslSubmitter` sends each call to the Parsl executor
-labelled ``role`` of the loaded site profile. Both return ``concurrent.futures.Future`` objects
+uses plain thread pools (no Parsl); a loaded site profile
+(:class:`otfparsl.workflow.site.Site`, from ``open_site``) sends each call to the Parsl executor
+labelled ``role``. Both return ``concurrent.futures.Future`` objects
 (Parsl's AppFuture is one).
 """
 
@@ -12,8 +13,6 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
-
-ROLES = ("chains", "dft", "local")
 
 
 class Submitter(Protocol):
@@ -28,12 +27,20 @@ class ThreadSubmitter:
     Parameters
     ----------
     chain_workers
-        Threads of the `chains` pool (chain updates running at once).
+        Threads of the `chains` pool (chain updates running at once). Sets torch's intra-op
+        threads of this process to ``cpu_count // chain_workers``.
     dft_workers
         Threads of the `dft` pool (DFT calls running at once).
     """
 
     def __init__(self, chain_workers: int = 2, dft_workers: int = 1) -> None:
+        import os
+
+        import torch
+
+        # torch's intra-op pool is shared by every thread of this process: give each concurrent
+        # chain update its share of the cores instead of oversubscribing them (spin-waits).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // chain_workers))
         self._pools = {
             "chains": ThreadPoolExecutor(chain_workers, thread_name_prefix="otf-chains"),
             "dft": ThreadPoolExecutor(dft_workers, thread_name_prefix="otf-dft"),
@@ -54,26 +61,6 @@ class ThreadSubmitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ParslSubmitter:
-    """Submit to the executors of the currently loaded Parsl configuration, by role label."""
-
-    def __init__(self) -> None:
-        from parsl import python_app
-
-        self._python_app = python_app
-        self._apps: dict[tuple[str, Callable], Any] = {}
-        self._lock = threading.Lock()
-
-    def submit(self, role: str, fn: Callable[..., Any], /, *args: Any) -> Future:
-        """Run ``fn(*args)`` as a Parsl python_app on the executor labelled ``role``."""
-        with self._lock:
-            app = self._apps.get((role, fn))
-            if app is None:
-                app = self._python_app(fn, executors=[role])
-                self._apps[(role, fn)] = app
-        return app(*args)
 
 
 def gather(futures: Sequence[Future]) -> Future:

@@ -30,8 +30,29 @@ def label_structure(atoms: Atoms, kind: str, options: dict[str, Any], workdir: s
 
 
 def update_chain(job: ChainJob) -> dict:
-    """Run one SGHMC update of one chain file (see :func:`otfparsl.training.update_chain_file`)."""
-    return update_chain_file(job)
+    """Run one SGHMC update of one chain file (see :func:`otfparsl.training.update_chain_file`).
+
+    In a Parsl worker process, torch gets ``cpu_count // PARSL_WORKER_COUNT`` intra-op threads
+    (or ``OTFPARSL_TORCH_THREADS``), so that the workers of one node do not oversubscribe it.
+    """
+    import os
+    import socket
+
+    _share_cores_among_workers()
+    return {**update_chain_file(job), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _share_cores_among_workers() -> None:
+    import os
+
+    import torch
+
+    explicit = os.environ.get("OTFPARSL_TORCH_THREADS")
+    workers = os.environ.get("PARSL_WORKER_COUNT")
+    if explicit:
+        torch.set_num_threads(int(explicit))
+    elif workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 def noop(role: str) -> dict:

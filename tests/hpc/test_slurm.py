@@ -52,26 +52,34 @@ def label_task(workdir: str) -> tuple[object, dict, str]:
     return labelled, _job_env(), step.stdout.strip() or step.stderr.strip()
 
 
-def chain_update_task(weights_in: str, weights_out: str, seed: int, steps: int) -> dict:
-    """A chain-update-like task: a few Adam steps on a tiny MLP, weights exchanged as files."""
-    import torch
+def chain_update_task(job) -> dict:
+    """The real chain update (otfparsl's `chains` task), plus where it ran."""
+    from otfparsl.workflow.tasks import update_chain
 
-    torch.set_num_threads(1)
-    generator = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
-    model.load_state_dict(torch.load(weights_in, map_location="cpu", weights_only=True))
-    x = torch.randn(64, 3, generator=generator, dtype=torch.float64)
-    y = torch.sin(x).sum(dim=1, keepdim=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, weights_out)
-    return {"losses": losses} | _job_env()
+    return update_chain(job) | _job_env()
+
+
+def make_chain_job(directory: Path):
+    """One tiny-MACE chain file and one EMT-labelled Cu cell, as a ChainJob."""
+    import ase.io
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from otfparsl.bayes.sghmc import SGHMCConfig
+    from otfparsl.models import load_adapter
+    from otfparsl.models.base import ModelSpec
+    from otfparsl.training import ChainJob, init_chain_files
+
+    spec = ModelSpec(family="mace", source="tiny", dtype="float64", seed=0)
+    config = SGHMCConfig(n_steps=20, batch_size=5, step_size=1e-3, noise_off_steps=4, noise_ramp_steps=2)
+    [path] = init_chain_files(load_adapter(spec), directory / "chains", 1, 7, config, 0.5)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.05, seed=3)
+    atoms.calc = EMT()
+    atoms.get_forces()
+    ase.io.write(directory / "labels.extxyz", atoms, format="extxyz")
+    return ChainJob(index=0, chain_path=str(path), labels_path=str(directory / "labels.extxyz"),
+                    n_labels=1, model=spec, energy_offset_eV=-6.0, energy_sigma_eV=0.002)
 
 
 @pytest.fixture
@@ -99,16 +107,20 @@ def slurm_site(slurm_cluster, tmp_path):
 
 
 def test_dft_and_chain_tasks_run_as_slurm_jobs(slurm_site, slurm_cluster, tmp_path):
+    import dataclasses
+    import shutil
+
     import torch
 
+    from otfparsl.bayes.chain import load_sample
+
     site, start = slurm_site
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
-    weights_in, weights_out = tmp_path / "chain_0_in.pt", tmp_path / "chain_0.pt"
-    torch.save(model.state_dict(), weights_in)
+    job = make_chain_job(tmp_path)
+    pristine = tmp_path / "pristine.pt"
+    shutil.copy(job.chain_path, pristine)
 
     label_future = site.submit("dft", label_task, str(tmp_path / "labels" / "0"))
-    chain_future = site.submit("chains", chain_update_task, str(weights_in), str(weights_out), 7, 20)
+    chain_future = site.submit("chains", chain_update_task, job)
     labelled, dft_env, step_id = label_future.result(timeout=240)
     chain = chain_future.result(timeout=240)
     elapsed = time.perf_counter() - start
@@ -131,12 +143,12 @@ def test_dft_and_chain_tasks_run_as_slurm_jobs(slurm_site, slurm_cluster, tmp_pa
     np.testing.assert_allclose(forces.sum(axis=0), 0.0, atol=1e-6)
     assert abs(forces[0, 2]) > 1e-3  # 0.74 Å is not exactly the HF/STO-3G minimum (0.712 Å)
 
-    # Training: the loss fell, and the weights file equals the same update run in this process.
-    assert chain["losses"][-1] < 0.5 * chain["losses"][0]
-    here = chain_update_task(str(weights_in), str(tmp_path / "here.pt"), 7, 20)
-    assert here["losses"] == pytest.approx(chain["losses"], rel=1e-12)
-    remote_state = torch.load(weights_out, weights_only=True)
-    local_state = torch.load(tmp_path / "here.pt", weights_only=True)
-    for key, value in local_state.items():
-        torch.testing.assert_close(remote_state[key], value, rtol=0, atol=1e-12)
-    assert not torch.equal(remote_state["0.weight"], model.state_dict()["0.weight"])
+    # The chain file was replaced by the updated chain, equal to the same update run here.
+    assert chain["n_steps"] == 20 and chain["n_data"] == 1
+    local_job = dataclasses.replace(job, chain_path=str(tmp_path / "here.pt"))
+    shutil.copy(pristine, local_job.chain_path)
+    chain_update_task(local_job)
+    remote, local, before = (load_sample(p) for p in (job.chain_path, local_job.chain_path, pristine))
+    for key, value in local.items():
+        torch.testing.assert_close(remote[key], value, rtol=0, atol=1e-10)
+    assert any(not torch.equal(remote[k], before[k]) for k in before)

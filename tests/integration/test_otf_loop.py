@@ -13,14 +13,17 @@ from otfparsl.workflow.state import read_events
 from otfparsl.workflow.submit import ThreadSubmitter
 
 
-def _settings(tmp_path, n_md_steps: int, **calibration) -> RunSettings:
+def _settings(model_path: str, n_md_steps: int, **calibration) -> RunSettings:
     return RunSettings.from_dict(
         {
             "name": "cu",
             "structure": "unused.xyz",
-            "model": {"family": "mace", "source": "tiny", "dtype": "float64", "chain_device": "cpu"},
-            "bayes": {"n_chains": 4, "n_steps": 60, "noise_off_steps": 20, "noise_ramp_steps": 10, "seed": 3},
-            "calibration": {"energy_threshold_eV": 0.01, **calibration},
+            "model": {"family": "mace", "source": model_path, "dtype": "float64", "chain_device": "cpu"},
+            "bayes": {
+                "n_chains": 4, "n_steps": 60, "noise_off_steps": 12, "noise_ramp_steps": 3,
+                "step_size": 1e-4, "seed": 3,
+            },
+            "calibration": {"energy_threshold_eV": 0.006, **calibration},
             "labeler": {"kind": "ase", "options": {"name": "emt"}},
             "md": {
                 "segments": [{"ensemble": "langevin", "temperature_K": 300, "duration_fs": n_md_steps * 2.0, "timestep_fs": 2.0}],
@@ -32,10 +35,10 @@ def _settings(tmp_path, n_md_steps: int, **calibration) -> RunSettings:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, cu_foundation_model):
     tmp_path = tmp_path_factory.mktemp("otf")
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    settings = _settings(tmp_path, n_md_steps=200)
+    settings = _settings(cu_foundation_model, n_md_steps=200)
     with ThreadSubmitter(chain_workers=2) as submitter:
         result = run(settings, submitter=submitter, run_dir=tmp_path / "run", structure=atoms)
     return result, read_events(tmp_path / "run" / "events.jsonl")
@@ -81,7 +84,7 @@ def test_dft_calls_become_rarer_as_the_model_learns(finished_run):
     steps = [e for e in events if e["event"] == "step"]
     first_half = sum(s["intervened"] for s in steps[:100])
     second_half = sum(s["intervened"] for s in steps[100:])
-    assert result.dft_calls >= 3
+    assert result.dft_calls >= 2
     assert second_half < first_half
     updates = [e for e in events if e["event"] == "update"]
     assert len(updates) == result.dft_calls

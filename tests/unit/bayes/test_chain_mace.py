@@ -49,7 +49,7 @@ def setup():
     prepared = [adapter.prepare(a) for a in structures]
     e_pre = float(model(adapter.collate(prepared[:1]), True, False).energy[0])
     offset = e_pre - structures[0].get_potential_energy()  # method.md section 6
-    data = [attach_labels(p, a, offset) for p, a in zip(prepared, structures)]
+    data = [attach_labels(p, a, offset) for p, a in zip(prepared, structures, strict=False)]
     prior = TransferPrior.from_model(model, adapter.defaults.sigma_tl)
     yield adapter, model, prior, data, model.trainable_state()
     torch.set_num_threads(threads)

@@ -140,16 +140,16 @@ def test_training_force_loss_gradient(chgnet64, si_rattled, ethanol):
     assert nonzero >= 0.8 * len(params)
     gen = torch.Generator().manual_seed(0)
     direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction) if g is not None)
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=False) if g is not None)
     originals = [p.detach().clone() for p in params]
     values = []
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            for p, p0, d in zip(params, originals, direction):
+            for p, p0, d in zip(params, originals, direction, strict=False):
                 p.copy_(p0 + sign * 1e-6 * d)
         values.append(float((ad.core(batch.inputs, training=False).forces ** 2).sum()))
     with torch.no_grad():
-        for p, p0 in zip(params, originals):
+        for p, p0 in zip(params, originals, strict=False):
             p.copy_(p0)
     numeric = (values[0] - values[1]) / 2e-6
     assert abs(analytic - numeric) < 1e-4 * max(1.0, abs(numeric))

@@ -70,17 +70,17 @@ def test_training_force_loss_gradient_matches_finite_difference(tiny_mace_adapte
     # directional derivative vs finite differences in weight space
     gen = torch.Generator().manual_seed(0)
     direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=False))
     h, values = 1e-6, []
     with torch.no_grad():
         originals = [p.detach().clone() for p in params]
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            for p, p0, d in zip(params, originals, direction):
+            for p, p0, d in zip(params, originals, direction, strict=False):
                 p.copy_(p0 + sign * h * d)
         values.append(float(_force_loss(ad, batch, training=False)))
     with torch.no_grad():
-        for p, p0 in zip(params, originals):
+        for p, p0 in zip(params, originals, strict=False):
             p.copy_(p0)
     numeric = (values[0] - values[1]) / (2 * h)
     assert abs(analytic - numeric) < 1e-5 * max(1.0, abs(numeric))
