@@ -29,7 +29,10 @@ def main(
 ) -> None:
     """On-the-fly Bayesian fine-tuning of foundation interatomic potentials."""
     _state["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # Parsl sets its own loggers to DEBUG; keep them in runinfo/
 
 
 @contextlib.contextmanager
@@ -40,7 +43,7 @@ def _user_errors():
     except OtfparslError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -56,8 +56,10 @@ def build_tiny_mace(
         The MACE model. Its E0s (synthetic: -1 eV - 0.1 eV x element index) and the
         scale/shift are buffers, not parameters.
     """
-    from e3nn import o3
     from mace import modules  # first: mace sets up torch.load for e3nn's constants
+
+    # isort: split
+    from e3nn import o3
 
     unknown = set(options) - set(_TINY_OPTIONS)
     if unknown:

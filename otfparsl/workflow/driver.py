@@ -151,11 +151,14 @@ def _prepare_run_dir(path: Path, restart_from_scratch: bool) -> RunDirectory:
     rd = RunDirectory(path)
     if rd.exists() and not restart_from_scratch:
         raise ConfigurationError(
-            f"run directory {str(path)!r} already holds a run; continue it with "
-            f"'otfparsl resume {path}' or start over with --restart-from-scratch"
+            f"run directory {str(path)!r} already holds a run; start over with "
+            "--restart-from-scratch or choose another --run-dir (resuming is not implemented yet)"
         )
     if path.exists() and restart_from_scratch:
-        shutil.rmtree(path)
+        for child in path.iterdir():  # keep Parsl's runinfo/: a site may already be running
+            if child.name == "runinfo":
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     for sub in (rd.path, rd.chains, rd.dft):
         sub.mkdir(parents=True, exist_ok=True)
     return rd

@@ -102,3 +102,17 @@ def test_ensemble_of_the_run_loads_in_one_call(finished_run):
     assert calc.n_members == 4
     assert np.isfinite(atoms.get_potential_energy())
     assert calc.results["energy_std"] > 0
+
+
+@pytest.mark.slow
+def test_report_shows_every_intervention(finished_run):
+    from otfparsl.analysis.report import write_report
+
+    result, events = finished_run
+    index = write_report(result.run_dir)
+    html = index.read_text()
+    for name in ("dft_calls.png", "errors.png", "zscores.png", "traces.png", "timings.png"):
+        assert (index.parent / name).stat().st_size > 1000
+        assert name in html
+    labels = [e for e in events if e["event"] == "label"]
+    assert html.count("<tr><td>") == len(labels) + len(result.as_dict())

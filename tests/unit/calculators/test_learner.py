@@ -1,0 +1,81 @@
+"""Learner: the decision, the DFT result on interventions, retries, skips and a clean stop."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from otfparsl.calculators.ensemble import EnsembleCalculator
+from otfparsl.calculators.otf import Learner, OnTheFlyCalculator, TooManyLabelFailures
+from otfparsl.calibration import Calibrator
+from otfparsl.data import LabelledDataset
+from otfparsl.errors import SCFNotConverged
+from otfparsl.training import build_bayesian_model
+
+
+def _done(value=None, error=None) -> Future:
+    future: Future = Future()
+    future.set_exception(error) if error else future.set_result(value)
+    return future
+
+
+class FlakyEMT:
+    """A label function: EMT, failing (SCFNotConverged) on the calls listed in ``failures``."""
+
+    def __init__(self, failures=()):
+        self.failures, self.calls = set(failures), 0
+
+    def __call__(self, atoms) -> Future:
+        self.calls += 1
+        if self.calls in self.failures or "all" in self.failures:
+            return _done(error=SCFNotConverged("SCF did not converge in 1 cycle", output="log"))
+        atoms.calc = EMT()
+        atoms.get_forces()
+        return _done(atoms)
+
+
+def _learner(adapter, tmp_path, label, **kwargs) -> tuple[Learner, list]:
+    sample = build_bayesian_model(adapter).trainable_state()
+    ensemble = EnsembleCalculator(adapter, [sample, sample], energy_sigma_eV=0.001)
+    updates: list[int] = []
+    events: list[dict] = []
+    learner = Learner(
+        ensemble, Calibrator(energy_threshold_eV=0.01), LabelledDataset(tmp_path / "labels.extxyz"),
+        label, lambda n: updates.append(n) or _done([]), lambda: [sample, sample], events.append,
+        **kwargs,
+    )  # fmt: skip
+    return learner, events
+
+
+def test_first_step_is_labelled_and_uses_dft_values(tiny_mace_adapter, cu_cell, tmp_path):
+    learner, events = _learner(tiny_mace_adapter, tmp_path, FlakyEMT())
+    cu_cell.calc = OnTheFlyCalculator(learner)
+    energy = cu_cell.get_potential_energy()
+    reference = cu_cell.copy()
+    reference.calc = EMT()
+    assert learner.n_labels == 1 and learner.generation == 1
+    assert energy == pytest.approx(reference.get_potential_energy() + learner.energy_offset_eV)
+    np.testing.assert_allclose(cu_cell.get_forces(), reference.get_forces(), atol=1e-12)
+    assert [e["event"] for e in events] == ["label", "update"]
+
+
+def test_failed_label_is_retried_then_used(tiny_mace_adapter, cu_cell, tmp_path):
+    label = FlakyEMT(failures={1})
+    learner, events = _learner(tiny_mace_adapter, tmp_path, label, label_retries=1)
+    outcome = learner.step(cu_cell)
+    assert label.calls == 2 and not outcome.label_failed and learner.n_labels == 1
+    assert events[0]["event"] == "label_failed" and events[0]["error"] == "SCFNotConverged"
+
+
+def test_skip_then_clean_stop_after_consecutive_failures(tiny_mace_adapter, cu_cell, tmp_path):
+    label = FlakyEMT(failures={"all"})
+    learner, events = _learner(tiny_mace_adapter, tmp_path, label, label_retries=1, max_consecutive_failures=2)
+    outcome = learner.step(cu_cell)
+    assert outcome.label_failed and outcome.results is outcome.prediction  # MD goes on with the ensemble
+    assert learner.n_labels == 0 and label.calls == 2
+    with pytest.raises(TooManyLabelFailures, match="2 structures in a row"):
+        learner.step(cu_cell)
+    assert sum(e["event"] == "label_failed" for e in events) == 4
