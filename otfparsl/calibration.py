@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 from scipy import stats
 
 from otfparsl.errors import ConfigurationError
+from otfparsl.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -427,18 +427,7 @@ class Calibrator:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state to ``path`` atomically (temporary file, fsync, rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Calibrator:

@@ -8,32 +8,12 @@ label costs up to half an hour of a cluster node and must never be lost.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import ase.io
 from ase import Atoms
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode())
+from otfparsl.fileio import atomic_write
 
 
 class LabelledDataset:
@@ -71,18 +51,7 @@ class LabelledDataset:
         if atoms.calc is None or "energy" not in atoms.calc.results:
             raise ValueError("only labelled structures (with a DFT energy) can join the data set")
         frames = [*self._frames, atoms]
-        tmp_dir = self.path.parent
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            ase.io.write(tmp, frames, format="extxyz")
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda handle: ase.io.write(handle, frames, format="extxyz"), binary=False)
         self._frames = frames
 
 

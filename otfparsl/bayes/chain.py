@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from otfparsl.bayes.sghmc import (
 )
 from otfparsl.bayes.types import Batch
 from otfparsl.errors import ConfigurationError, SamplerDiverged
+from otfparsl.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -362,14 +362,4 @@ def _read_chain_file(path: Path) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))

@@ -25,8 +25,9 @@ from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calculators.otf import Learner
 from otfparsl.calibration import Calibrator
-from otfparsl.data import LabelledDataset, atomic_write_text
+from otfparsl.data import LabelledDataset
 from otfparsl.errors import ConfigurationError
+from otfparsl.fileio import atomic_write_text
 from otfparsl.models import load_adapter
 from otfparsl.models.base import FamilyDefaults, ModelAdapter, ModelSpec
 from otfparsl.settings import BayesSettings, ModelSettings, RunSettings

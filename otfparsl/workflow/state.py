@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otfparsl.data import atomic_write_text
+from otfparsl.fileio import atomic_write_text
 
 
 class RunDirectory:
