@@ -26,15 +26,13 @@ are options, never written here.
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
-from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
-from parsl.providers import SlurmProvider
 
 from otfparsl.workflow.site import SiteOption, interchange_launch_cmd, resolve_options
+from otfparsl.workflow.slurm import slurm_provider
 
 # Parsl shares GPUs between workers only when nvidia-smi can count them; fail loudly otherwise.
 NVIDIA_SMI_CHECK = (
@@ -79,7 +77,10 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
         cores_per_worker=1e-3,  # the worker count is set above, not from the core count
         address=opts["address"] or None,
         interchange_launch_cmd=interchange_launch_cmd(),
-        provider=_provider(opts, "chains", gres=f"gpu:{gpus}" if gpus else None),
+        provider=slurm_provider(
+            opts, "chains", gres=f"gpu:{gpus}" if gpus else None,
+            chains_init=NVIDIA_SMI_CHECK if gpus and opts["chains_per_gpu"] > 1 else "",
+        ),
     )
     dft = HighThroughputExecutor(
         label="dft",
@@ -87,48 +88,11 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
         cores_per_worker=1e-3,
         address=opts["address"] or None,
         interchange_launch_cmd=interchange_launch_cmd(),
-        provider=_provider(opts, "dft", gres=None),
+        provider=slurm_provider(opts, "dft", gres=None),
     )
     return Config(
         executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
         run_dir=str(Path(run_dir) / "runinfo"),
         strategy="simple",
         max_idletime=600.0,
-    )
-
-
-def _provider(opts: dict, role: str, gres: str | None) -> SlurmProvider:
-    """Build the SlurmProvider of one role from the resolved options."""
-    if role == "chains":
-        partition = opts["gpu_partition"] or opts["partition"]
-        nodes, max_blocks = opts["nodes"], opts["max_blocks"]
-        launcher = SrunLauncher() if nodes > 1 else SingleNodeLauncher()
-        init = opts["worker_init"]
-        if opts["gpus_per_node"] and opts["chains_per_gpu"] > 1:
-            init += "\n" + NVIDIA_SMI_CHECK
-    else:
-        partition = opts["cpu_partition"] or opts["partition"]
-        nodes, max_blocks = opts["dft_nodes"], opts["dft_max_blocks"]
-        launcher = SimpleLauncher()
-        mpi = opts["mpi_command"].format(cores=opts["cores_per_dft"])
-        init = "\n".join([
-            opts["worker_init"],
-            f"export OTFPARSL_DFT_CORES={opts['cores_per_dft']}",
-            f"export OTFPARSL_MPI_COMMAND={shlex.quote(mpi)}",
-        ])
-    min_blocks = min(opts["min_blocks"], max_blocks)
-    return SlurmProvider(
-        partition=partition or None,
-        account=opts["account"] or None,
-        qos=opts["qos"] or None,
-        nodes_per_block=nodes,
-        gres=gres,
-        init_blocks=min_blocks,
-        min_blocks=min_blocks,
-        max_blocks=max_blocks,
-        walltime=opts["walltime"],
-        worker_init=init,
-        exclusive=opts["exclusive"],
-        launcher=launcher,
-        cmd_timeout=60,
     )

@@ -28,15 +28,13 @@ Accounts and partitions are options (``--site-option account=...`` or
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
-from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
-from parsl.providers import SlurmProvider
 
 from otfparsl.workflow.site import SiteOption, interchange_launch_cmd, resolve_options
+from otfparsl.workflow.slurm import slurm_provider
 
 OPTIONS = (
     SiteOption("account", "str", "", "Slurm account (--account); empty = cluster default"),
@@ -72,7 +70,7 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
         cores_per_worker=1e-3,  # the worker count is set above, not from the core count
         address=opts["address"] or None,
         interchange_launch_cmd=interchange_launch_cmd(),
-        provider=_provider(opts, "chains", gres=f"gpu:{gpus}" if gpus else None),
+        provider=slurm_provider(opts, "chains", gres=f"gpu:{gpus}" if gpus else None),
     )
     dft = HighThroughputExecutor(
         label="dft",
@@ -80,46 +78,11 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
         cores_per_worker=1e-3,
         address=opts["address"] or None,
         interchange_launch_cmd=interchange_launch_cmd(),
-        provider=_provider(opts, "dft", gres=None),
+        provider=slurm_provider(opts, "dft", gres=None),
     )
     return Config(
         executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
         run_dir=str(Path(run_dir) / "runinfo"),
         strategy="simple",
         max_idletime=600.0,
-    )
-
-
-def _provider(opts: dict, role: str, gres: str | None) -> SlurmProvider:
-    """Build the SlurmProvider of one role from the resolved options."""
-    if role == "chains":
-        partition = opts["gpu_partition"] or opts["partition"]
-        nodes, max_blocks = opts["nodes"], opts["max_blocks"]
-        launcher = SrunLauncher() if nodes > 1 else SingleNodeLauncher()
-        init = opts["worker_init"]
-    else:
-        partition = opts["cpu_partition"] or opts["partition"]
-        nodes, max_blocks = opts["dft_nodes"], opts["dft_max_blocks"]
-        launcher = SimpleLauncher()
-        mpi = opts["mpi_command"].format(cores=opts["cores_per_dft"])
-        init = "\n".join([
-            opts["worker_init"],
-            f"export OTFPARSL_DFT_CORES={opts['cores_per_dft']}",
-            f"export OTFPARSL_MPI_COMMAND={shlex.quote(mpi)}",
-        ])
-    min_blocks = min(opts["min_blocks"], max_blocks)
-    return SlurmProvider(
-        partition=partition or None,
-        account=opts["account"] or None,
-        qos=opts["qos"] or None,
-        nodes_per_block=nodes,
-        gres=gres,
-        init_blocks=min_blocks,
-        min_blocks=min_blocks,
-        max_blocks=max_blocks,
-        walltime=opts["walltime"],
-        worker_init=init,
-        exclusive=opts["exclusive"],
-        launcher=launcher,
-        cmd_timeout=60,
     )
