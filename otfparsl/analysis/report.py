@@ -75,7 +75,7 @@ def _plot_errors(labels: list[dict], threshold: float):
     fig, ax = _figure()
     if labels:
         idx = np.arange(1, len(labels) + 1)
-        err = np.abs([lb["energy_pred"] - lb["energy_dft_offset"] for lb in labels])
+        err = np.abs([lb["error_eV"] for lb in labels])
         std = np.array([lb["energy_std"] for lb in labels])
         ax[0, 0].semilogy(idx, err, "o", label="|predicted - DFT| energy")
         ax[0, 0].semilogy(idx, 1.96 * std, "_", ms=12, label="1.96 x predicted std")
@@ -132,7 +132,7 @@ def _html(rd: RunDirectory, figures: dict, labels: list[dict], threshold: float)
     )
     label_rows = "".join(
         f"<tr><td>{i}</td><td>{lb['step']}</td><td>{lb['walker']}</td>"
-        f"<td>{lb['energy_pred'] - lb['energy_dft_offset']:+.5f}</td><td>{lb['energy_std']:.5f}</td>"
+        f"<td>{lb['error_eV']:+.5f}</td><td>{lb['energy_std']:.5f}</td>"
         f"<td>{lb['confidence']:.3f}</td><td>{_fmt(lb.get('seconds'))}</td></tr>"
         for i, lb in enumerate(labels, 1)
     )
