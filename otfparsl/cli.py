@@ -43,22 +43,41 @@ def _user_errors():
     except OtfparslError as exc:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        message = " ".join(str(exc).split())  # one line, whatever the library's message looked like
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 @app.command()
-def validate(run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")]) -> None:
-    """Validate a run YAML and print the fully resolved settings."""
+def validate(
+    run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")],
+    dft_env: Annotated[
+        bool,
+        typer.Option(help="Also check the labeller's environment (DFT command, POTCARs, packages) on this machine."),
+    ] = True,
+) -> None:
+    """Check a run YAML and its inputs (structure, model, MD, labeller); print the resolved settings."""
+    from otfparsl.errors import ConfigurationError
+    from otfparsl.preflight import check_labeler_environments, check_run
     from otfparsl.settings import RunSettings
 
     with _user_errors():
         settings = RunSettings.from_yaml(run_yaml)
-        from otfparsl.structures import read_structure
-
-        atoms = read_structure(settings.structure)
+        atoms = check_run(settings)
+        if dft_env:
+            try:
+                check_labeler_environments(settings.labeler, atoms.get_chemical_symbols())
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"{exc} (DFT environment checked on this machine; where the DFT runs elsewhere, "
+                    "validate with --no-dft-env and run 'otfparsl sites check')"
+                ) from exc
     typer.echo(settings.to_yaml())
-    console.print(f"[green]valid[/]: {len(atoms)} atoms ({atoms.get_chemical_formula()}), periodic={bool(atoms.pbc.all())}")
+    checked = "checked here" if dft_env else "not checked (--no-dft-env)"
+    console.print(
+        f"[green]valid[/]: {len(atoms)} atoms ({atoms.get_chemical_formula()}), periodic={bool(atoms.pbc.all())}; "
+        f"DFT environment {checked}"
+    )
 
 
 @app.command()
@@ -67,18 +86,48 @@ def run(
     site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
-    restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+    restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run in the run directory and start over.")] = False,
 ) -> None:
-    """Run on-the-fly fine-tuning MD as RUN_YAML says."""
+    """Run on-the-fly fine-tuning MD as RUN_YAML says (an existing run in the run directory is resumed)."""
+    from otfparsl.preflight import check_run
     from otfparsl.settings import RunSettings
-    from otfparsl.workflow.driver import default_run_dir
+    from otfparsl.workflow.driver import check_same_run, default_run_dir
     from otfparsl.workflow.driver import run as run_otf
+    from otfparsl.workflow.state import RunDirectory
 
     with _user_errors():
         settings = RunSettings.from_yaml(run_yaml)
         target = run_dir or default_run_dir(settings)
+        check_run(settings.resolve_paths(Path.cwd()))  # before anything starts or is written
+        resuming = (target / "run.yaml").is_file() and not restart_from_scratch
+        if resuming:
+            check_same_run(RunDirectory(target), settings.resolve_paths(Path.cwd()))
         with _submitter(site, site_option or [], target) as submitter, _progress(settings) as on_step:
+            if resuming:
+                console.print(f"resuming the run in {target} from its last checkpoint (--restart-from-scratch starts over)")
             result = run_otf(settings, submitter=submitter, run_dir=target, restart_from_scratch=restart_from_scratch, on_step=on_step)
+    _print_summary(result.as_dict())
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of an interrupted run.")],
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
+) -> None:
+    """Continue an interrupted run from its last checkpoint (RUN_DIR/checkpoint.json)."""
+    from otfparsl.settings import RunSettings
+    from otfparsl.workflow.driver import resume as resume_otf
+
+    with _user_errors():
+        settings_path = run_dir / "run.yaml"
+        if not settings_path.is_file():
+            from otfparsl.errors import ConfigurationError
+
+            raise ConfigurationError(f"{str(run_dir)!r} holds no run (no run.yaml); start one with `otfparsl run RUN.yaml`")
+        settings = RunSettings.from_yaml(settings_path)
+        with _submitter(site, site_option or [], run_dir) as submitter, _progress(settings) as on_step:
+            result = resume_otf(run_dir, submitter=submitter, on_step=on_step)
     _print_summary(result.as_dict())
 
 
@@ -134,12 +183,15 @@ def _progress(settings):
     with Progress(*columns, console=console, disable=not sys.stderr.isatty() and "OTFPARSL_PROGRESS" not in os.environ) as progress:
         task = progress.add_task("md", total=total, status="starting")
 
+        done: dict[int, int] = {}
+
         def on_step(info) -> None:
+            done[info.walker] = info.step + 1  # a resumed run starts where it stopped
             status = (
                 f"t={info.time_fs:7.1f} fs  T={info.temperature_K:6.1f} K  DFT={info.n_labels:3d}  "
                 f"conf={info.confidence:.3f}  gen={info.generation}"
             )
-            progress.update(task, advance=1, status=status)
+            progress.update(task, completed=sum(done.values()), status=status)
 
         yield on_step
 

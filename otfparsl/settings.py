@@ -108,8 +108,31 @@ class LabelerSettings(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the labeller (xc, basis, incar, ...)."
     )
-    retries: int = Field(1, ge=0, description="Retries of a failed label before skipping the structure.")
+    retries: int | list[dict[str, Any]] = Field(
+        1,
+        description="Retries of a failed label before the structure is skipped: a number (retry "
+        "with the same options) or a list of option overrides, one per retry, e.g. "
+        "[{max_cycle: 300}, {max_cycle: 300, level_shift: 0.5}].",
+    )
     max_consecutive_failures: int = Field(3, ge=1, description="Stop cleanly after this many failures in a row.")
+
+    @field_validator("retries")
+    @classmethod
+    def _retries_non_negative(cls, value: int | list[dict[str, Any]]) -> int | list[dict[str, Any]]:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"retries must be >= 0 or a list of option overrides; got {value}")
+        return value
+
+    @property
+    def n_retries(self) -> int:
+        """Number of retries after a failed label."""
+        return self.retries if isinstance(self.retries, int) else len(self.retries)
+
+    def attempt_options(self, attempt: int) -> dict[str, Any]:
+        """Labeller options of attempt ``attempt`` (0: the first try; k: with the k-th override)."""
+        if attempt == 0 or isinstance(self.retries, int):
+            return dict(self.options)
+        return {**self.options, **self.retries[attempt - 1]}
 
 
 class SegmentSettings(_Strict):
@@ -133,6 +156,9 @@ class MDSettings(_Strict):
     seed: int = Field(1, description="Seed of initial velocities and the thermostat.")
     trajectory_interval: int = Field(10, ge=1, description="Write a frame every N steps.")
     walkers: int = Field(1, ge=1, le=64, description="Independent MD replicas sharing one ensemble.")
+    checkpoint_interval: int = Field(
+        50, ge=1, description="Commit a checkpoint every N MD steps (and after every DFT label)."
+    )
 
 
 class RunSettings(_Strict):
@@ -156,7 +182,13 @@ class RunSettings(_Strict):
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"run file {str(path)!r} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigurationError(
+                f"run file {str(path)!r} is not valid YAML{where}: {problem}; fix the syntax "
+                "(quote values that contain ':' or '#')"
+            ) from None
         if not isinstance(data, dict):
             raise ConfigurationError(f"run file {str(path)!r} must hold a mapping of settings")
         settings = cls.from_dict(data)

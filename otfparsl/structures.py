@@ -58,9 +58,14 @@ def to_atoms(structure: Any) -> Atoms:
 
 
 def check_structure(atoms: Atoms) -> Atoms:
-    """Reject empty structures, mixed periodicity and overlapping atoms; return ``atoms``."""
+    """Reject empty structures, non-finite positions, mixed periodicity and overlapping atoms; return ``atoms``."""
     if len(atoms) == 0:
-        raise ConfigurationError("the structure has no atoms")
+        raise ConfigurationError("the structure has no atoms; check the structure file")
+    if not np.all(np.isfinite(atoms.positions)):
+        bad = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1))
+        raise ConfigurationError(
+            f"atoms {bad[:5].tolist()} have non-finite positions (NaN or inf); fix the structure file"
+        )
     if atoms.pbc.any() and not atoms.pbc.all():
         raise ConfigurationError(
             f"mixed periodicity pbc={atoms.pbc.tolist()} is not supported; "

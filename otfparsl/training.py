@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,15 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from otfparsl.bayes.chain import Chain, load_sample
+from otfparsl.bayes.chain import Chain, load_sample, read_chain_header
 from otfparsl.bayes.heads import SigmaHead
 from otfparsl.bayes.model import BayesianModel
 from otfparsl.bayes.prior import TransferPrior
 from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.data import read_labels
+from otfparsl.errors import ConfigurationError
 from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelAdapter, ModelSpec, attach_labels
 from otfparsl.units import FORCE_SIGMA_BASE_EV_PER_A, STRESS_SIGMA_EV_PER_A3
+
+log = logging.getLogger(__name__)
 
 
 def build_bayesian_model(adapter: ModelAdapter, core: torch.nn.Module | None = None) -> BayesianModel:
@@ -111,6 +117,10 @@ class ChainJob:
         sigma_E = 0.1 K.
     stress_sigma_eV_per_A3
         sigma_S.
+    generation
+        The chain's update count after this update, or None. With it the update is idempotent:
+        a chain file already at ``generation`` after the same inputs (a retried task whose first
+        worker died after saving, a resumed run) is returned as is instead of being updated twice.
     """
 
     index: int
@@ -121,21 +131,38 @@ class ChainJob:
     energy_offset_eV: float
     energy_sigma_eV: float
     stress_sigma_eV_per_A3: float = STRESS_SIGMA_EV_PER_A3
+    generation: int | None = None
 
 
 def update_chain_file(job: ChainJob) -> dict:
     """Run one SGHMC cycle of one chain on the labelled data and replace its file.
 
+    The file before the update is kept as ``chain_K.prev.pt`` (a hard link where the file
+    system allows it), so that a resumed run can go back to the generation of its checkpoint.
+
     Returns
     -------
     dict
-        The chain's update statistics (steps, losses, wall time) plus ``chain``.
+        The chain's update statistics (steps, losses, wall time) plus ``chain``; ``reused`` is
+        True when an identical earlier update was found instead of being recomputed.
     """
+    frames = read_labels(job.labels_path, job.n_labels)
+    inputs = {"n_labels": job.n_labels, "energy_offset_eV": job.energy_offset_eV, "labels_sha256": labels_digest(frames)}
+    path = Path(job.chain_path)
+    if job.generation is not None:
+        done = _find_done_update(path, job.generation, inputs)
+        if done is not None:
+            return {**done, "reused": True}
     spec = replace(job.model, device=resolve_device(job.model.device))
     adapter = cached_adapter(spec)
     model = build_bayesian_model(adapter, copy.deepcopy(adapter.core))
-    chain = Chain.load(job.chain_path, model)
-    frames = read_labels(job.labels_path, job.n_labels)
+    chain = Chain.load(path, model)
+    if job.generation is not None and chain.n_updates != job.generation - 1:
+        raise ConfigurationError(
+            f"chain file {path} is at update {chain.n_updates}, but the run asked for update "
+            f"{job.generation}; the chain files do not belong to this run state (restore them "
+            "from chain_K.prev.pt or restart the run from scratch)."
+        )
     dataset = [attach_labels(adapter.prepare(a), a, job.energy_offset_eV) for a in frames]
     periodic = any(bool(np.all(a.pbc)) for a in frames)
     stats = chain.update(
@@ -145,8 +172,101 @@ def update_chain_file(job: ChainJob) -> dict:
         stress_sigma_eV_per_A3=job.stress_sigma_eV_per_A3,
         compute_stress=periodic,
     )
-    chain.save(job.chain_path)
-    return {"chain": job.index, **asdict(stats)}
+    result = {"chain": job.index, **asdict(stats)}
+    _keep_previous(path)
+    chain.save(path, meta={**inputs, "stats": result})
+    return {**result, "reused": False}
+
+
+def labels_digest(frames: Sequence) -> str:
+    """SHA-256 of the labelled structures an update sees (positions, cell, DFT results)."""
+    digest = hashlib.sha256()
+    for atoms in frames:
+        digest.update(np.ascontiguousarray(atoms.numbers).tobytes())
+        digest.update(np.ascontiguousarray(atoms.positions).tobytes())
+        digest.update(np.ascontiguousarray(atoms.cell.array).tobytes())
+        for key in ("energy", "forces", "stress"):
+            if atoms.calc is not None and key in atoms.calc.results:
+                digest.update(np.ascontiguousarray(atoms.calc.results[key], dtype=float).tobytes())
+    return digest.hexdigest()
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """``chain_K.prev.pt``: the chain file before its latest update."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev.pt")
+
+
+def next_path(path: str | os.PathLike) -> Path:
+    """``chain_K.next.pt``: an update made after the last checkpoint, kept for reuse on resume."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.next.pt")
+
+
+def _matches(path: Path, generation: int, inputs: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    header = read_chain_header(path)
+    meta = header["meta"]
+    same = all(meta.get(k) == v for k, v in inputs.items())
+    return meta.get("stats") if header["n_updates"] == generation and same and "stats" in meta else None
+
+
+def _find_done_update(path: Path, generation: int, inputs: dict) -> dict | None:
+    done = _matches(path, generation, inputs)
+    if done is not None:
+        log.info("chain file %s is already at update %d with these labels; not recomputed", path, generation)
+        return done
+    candidate = next_path(path)
+    done = _matches(candidate, generation, inputs)
+    if done is not None and read_chain_header(path)["n_updates"] == generation - 1:
+        _keep_previous(path)
+        os.replace(candidate, path)
+        log.info("reused the update %d of %s made before the run was interrupted", generation, path)
+    return done
+
+
+def _keep_previous(path: Path) -> None:
+    target = previous_path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system: copy
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+
+
+def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int) -> None:
+    """Put every chain file back at update ``generation`` (the checkpoint's), for a resume.
+
+    A chain already updated past the checkpoint is moved to ``chain_K.next.pt`` (the resumed
+    run reuses it when it repeats that update with the same labels) and its
+    ``chain_K.prev.pt`` takes its place.
+
+    Raises
+    ------
+    ConfigurationError
+        If neither file of a chain is at ``generation``.
+    """
+    for path in map(Path, paths):
+        previous = previous_path(path)
+        n_updates = read_chain_header(path)["n_updates"] if path.is_file() else None
+        if n_updates == generation:
+            continue
+        if n_updates in (None, generation + 1) and previous.is_file() and read_chain_header(previous)["n_updates"] == generation:
+            tmp = path.with_name(f".{path.name}.restore")
+            shutil.copyfile(previous, tmp)
+            if n_updates is not None:
+                os.replace(path, next_path(path))
+            os.replace(tmp, path)
+            log.warning("chain %s was updated after the last checkpoint: restored update %d", path, generation)
+            continue
+        raise ConfigurationError(
+            f"chain file {path} is at update {n_updates} and cannot be brought back to the "
+            f"checkpoint's update {generation}; the run directory was changed by hand or by "
+            "another program. Restart the run with --restart-from-scratch."
+        )
 
 
 def load_samples(paths: Sequence[str | os.PathLike]) -> list[dict[str, torch.Tensor]]:

@@ -13,6 +13,8 @@ local
     One thread in the orchestrator's process.
 
 Everything listens and connects on the loopback address, so nothing leaves the machine.
+A task whose worker process dies (``WorkerLost``) is resubmitted up to ``retries`` times; the
+pool checks for dead workers every ``heartbeat_period`` seconds and restarts them.
 """
 
 from __future__ import annotations
@@ -25,20 +27,30 @@ from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.providers import LocalProvider
 
 from otfparsl.workflow.site import (
+    RETRIES,
     SiteOption,
     interchange_launch_cmd,
     local_worker_launch_cmd,
     resolve_options,
+    retry_lost_workers,
 )
 
 LOOPBACK = "127.0.0.1"
 
 OPTIONS = (
-    SiteOption("accelerators", "str", "", "comma-separated GPU ids for chain workers; 'none' = CPU only; empty = detect"),
+    SiteOption(
+        "accelerators",
+        "str",
+        "",
+        "comma-separated GPU ids for chain workers; 'none' = CPU only; empty = detect",
+    ),
     SiteOption("chain_workers", "int", 2, "CPU chain workers when no GPU is found", minimum=1),
     SiteOption("dft_workers", "int", 1, "DFT labelling workers", minimum=1),
-    SiteOption("worker_init", "str", "", "shell lines run before the workers start (e.g. module load ...)"),
+    SiteOption(
+        "worker_init", "str", "", "shell lines run before the workers start (e.g. module load ...)"
+    ),
     SiteOption("heartbeat_period", "int", 30, "seconds between worker heartbeats", minimum=1),
+    RETRIES,
 )
 
 
@@ -59,7 +71,9 @@ def detect_accelerators(spec: str = "") -> list[str]:
     if visible is not None:
         # Keep the ids as given: a worker's CUDA_VISIBLE_DEVICES replaces the parent's, so it
         # must name the same physical device (an index, or a GPU-... UUID).
-        return [item.strip() for item in visible.split(",") if item.strip() and item.strip() != "-1"]
+        return [
+            item.strip() for item in visible.split(",") if item.strip() and item.strip() != "-1"
+        ]
     try:
         import torch
     except ImportError:
@@ -98,6 +112,8 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
     return Config(
         executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
         run_dir=str(Path(run_dir) / "runinfo"),
+        retries=opts["retries"],
+        retry_handler=retry_lost_workers,
         strategy="none",
         strategy_period=1,  # the first block starts on the first poll; 5 s default is slow here
     )

@@ -2,6 +2,7 @@
 
 Roles: ``chains`` (``chain_threads`` threads, default 2), ``dft`` (1 thread), ``local``
 (1 thread). Nothing is submitted anywhere; the default site of ``otfparsl run``.
+``retries`` exists as in every profile, but threads are never lost, so it has no effect here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
 
-from otfparsl.workflow.site import SiteOption, resolve_options
+from otfparsl.workflow.site import RETRIES, SiteOption, resolve_options, retry_lost_workers
 
 OPTIONS = (
     SiteOption("chain_threads", "int", 2, "threads running chain updates at once", minimum=1),
     SiteOption("dft_threads", "int", 1, "threads running DFT labels at once", minimum=1),
+    RETRIES,
 )
 
 
@@ -30,5 +32,7 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
             ThreadPoolExecutor(label="local", max_threads=1),
         ],
         run_dir=str(Path(run_dir) / "runinfo"),
+        retries=opts["retries"],
+        retry_handler=retry_lost_workers,
         strategy="none",
     )

@@ -21,6 +21,7 @@ Roles ``dft`` and ``local`` are as in ``slurm_l40s.py``: HTEX on the CPU partiti
 ``SimpleLauncher``, each label running ``srun -n <cores_per_dft> <code>`` inside the allocation
 (prefix exported as ``OTFPARSL_MPI_COMMAND``), and one local thread. Accounts and partitions
 are options, never written here.
+Lost workers and nodes are retried as in ``slurm_l40s.py`` (option ``retries``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from pathlib import Path
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 
-from otfparsl.workflow.site import SiteOption, interchange_launch_cmd, resolve_options
+from otfparsl.workflow.site import (
+    RETRIES,
+    SiteOption,
+    interchange_launch_cmd,
+    resolve_options,
+    retry_lost_workers,
+)
 from otfparsl.workflow.slurm import slurm_provider
 
 # Parsl shares GPUs between workers only when nvidia-smi can count them; fail loudly otherwise.
@@ -48,7 +55,12 @@ OPTIONS = (
     SiteOption("cpu_partition", "str", "", "partition of the CPU nodes (dft)"),
     SiteOption("qos", "str", "", "Slurm QOS (--qos)"),
     SiteOption("walltime", "walltime", "04:00:00", "walltime of each block, [D-]HH:MM:SS"),
-    SiteOption("worker_init", "str", "", "shell lines before the workers start (module load, venv activate)"),
+    SiteOption(
+        "worker_init",
+        "str",
+        "",
+        "shell lines before the workers start (module load, venv activate)",
+    ),
     SiteOption("nodes", "int", 1, "GPU nodes per chains block", minimum=1),
     SiteOption("gpus_per_node", "int", 2, "GPUs per node; 0 = no GPU request", minimum=0),
     SiteOption("chains_per_gpu", "int", 4, "chain workers sharing one GPU", minimum=1),
@@ -56,12 +68,17 @@ OPTIONS = (
     SiteOption("dft_nodes", "int", 1, "CPU nodes per dft block", minimum=1),
     SiteOption("dft_workers", "int", 1, "DFT labels running at once per dft block", minimum=1),
     SiteOption("cores_per_dft", "int", 32, "MPI ranks of one DFT label", minimum=1),
-    SiteOption("mpi_command", "str", "srun -n {cores}", "MPI launcher prefix; {cores} = cores_per_dft"),
-    SiteOption("min_blocks", "int", 1, "blocks kept per role while idle (0 releases idle nodes)", minimum=0),
+    SiteOption(
+        "mpi_command", "str", "srun -n {cores}", "MPI launcher prefix; {cores} = cores_per_dft"
+    ),
+    SiteOption(
+        "min_blocks", "int", 1, "blocks kept per role while idle (0 releases idle nodes)", minimum=0
+    ),
     SiteOption("max_blocks", "int", 1, "most chains blocks at once", minimum=1),
     SiteOption("dft_max_blocks", "int", 1, "most dft blocks at once", minimum=1),
     SiteOption("exclusive", "bool", True, "ask for whole nodes (--exclusive)"),
     SiteOption("address", "str", "", "address workers use to reach this process; empty = try all"),
+    RETRIES,
 )
 
 
@@ -78,7 +95,9 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
         address=opts["address"] or None,
         interchange_launch_cmd=interchange_launch_cmd(),
         provider=slurm_provider(
-            opts, "chains", gres=f"gpu:{gpus}" if gpus else None,
+            opts,
+            "chains",
+            gres=f"gpu:{gpus}" if gpus else None,
             chains_init=NVIDIA_SMI_CHECK if gpus and opts["chains_per_gpu"] > 1 else "",
         ),
     )
@@ -93,6 +112,8 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
     return Config(
         executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
         run_dir=str(Path(run_dir) / "runinfo"),
+        retries=opts["retries"],
+        retry_handler=retry_lost_workers,
         strategy="simple",
         max_idletime=600.0,
     )

@@ -22,7 +22,9 @@ local
     One thread in the orchestrator's process.
 
 Accounts and partitions are options (``--site-option account=...`` or
-``OTFPARSL_SITE_ACCOUNT``), never written here.
+``OTFPARSL_SITE_ACCOUNT``), never written here. A task whose worker or node was lost
+(``WorkerLost``, ``ManagerLost``: killed worker, node failure, wall-time kill) is resubmitted up
+to ``retries`` times; errors raised by the task itself are not (see sites/README.md).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ from pathlib import Path
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 
-from otfparsl.workflow.site import SiteOption, interchange_launch_cmd, resolve_options
+from otfparsl.workflow.site import (
+    RETRIES,
+    SiteOption,
+    interchange_launch_cmd,
+    resolve_options,
+    retry_lost_workers,
+)
 from otfparsl.workflow.slurm import slurm_provider
 
 OPTIONS = (
@@ -43,19 +51,35 @@ OPTIONS = (
     SiteOption("cpu_partition", "str", "", "partition of the CPU nodes (dft)"),
     SiteOption("qos", "str", "", "Slurm QOS (--qos)"),
     SiteOption("walltime", "walltime", "04:00:00", "walltime of each block, [D-]HH:MM:SS"),
-    SiteOption("worker_init", "str", "", "shell lines before the workers start (module load, venv activate)"),
+    SiteOption(
+        "worker_init",
+        "str",
+        "",
+        "shell lines before the workers start (module load, venv activate)",
+    ),
     SiteOption("nodes", "int", 1, "GPU nodes per chains block", minimum=1),
-    SiteOption("gpus_per_node", "int", 8, "GPUs per node and chain workers per node; 0 = no GPU request", minimum=0),
+    SiteOption(
+        "gpus_per_node",
+        "int",
+        8,
+        "GPUs per node and chain workers per node; 0 = no GPU request",
+        minimum=0,
+    ),
     SiteOption("chain_workers", "int", 8, "chain workers per node when gpus_per_node=0", minimum=1),
     SiteOption("dft_nodes", "int", 1, "CPU nodes per dft block", minimum=1),
     SiteOption("dft_workers", "int", 1, "DFT labels running at once per dft block", minimum=1),
     SiteOption("cores_per_dft", "int", 32, "MPI ranks of one DFT label", minimum=1),
-    SiteOption("mpi_command", "str", "srun -n {cores}", "MPI launcher prefix; {cores} = cores_per_dft"),
-    SiteOption("min_blocks", "int", 1, "blocks kept per role while idle (0 releases idle nodes)", minimum=0),
+    SiteOption(
+        "mpi_command", "str", "srun -n {cores}", "MPI launcher prefix; {cores} = cores_per_dft"
+    ),
+    SiteOption(
+        "min_blocks", "int", 1, "blocks kept per role while idle (0 releases idle nodes)", minimum=0
+    ),
     SiteOption("max_blocks", "int", 1, "most chains blocks at once", minimum=1),
     SiteOption("dft_max_blocks", "int", 1, "most dft blocks at once", minimum=1),
     SiteOption("exclusive", "bool", True, "ask for whole nodes (--exclusive)"),
     SiteOption("address", "str", "", "address workers use to reach this process; empty = try all"),
+    RETRIES,
 )
 
 
@@ -83,6 +107,8 @@ def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
     return Config(
         executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
         run_dir=str(Path(run_dir) / "runinfo"),
+        retries=opts["retries"],
+        retry_handler=retry_lost_workers,
         strategy="simple",
         max_idletime=600.0,
     )

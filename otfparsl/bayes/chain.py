@@ -258,13 +258,15 @@ class Chain:
             energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress,
         )
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write the chain (weights, prior mean, config, RNG states, counters) atomically.
 
         The file is written to a temporary file in the same folder, fsync'ed and renamed over
         ``path``, so a crash never leaves a half-written chain file. All tensors are on CPU.
+        ``meta`` (plain numbers and strings) is stored alongside, e.g. what the last update saw.
         """
         state = {
+            "meta": dict(meta or {}),
             "format": _FORMAT,
             "weights": self.model.trainable_state(),
             "prior_mean": {n: m.detach().cpu().clone() for n, m in self.prior.mean.items()},
@@ -342,6 +344,12 @@ def minibatch_objective(
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     data_term = (weights.to(ll) * ll).sum() / n_draws
     return -prior.log_prob(named) / n_data - data_term
+
+
+def read_chain_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return ``n_updates``, ``seed`` and ``meta`` of a chain file (without building a model)."""
+    state = _read_chain_file(Path(path))
+    return {"n_updates": int(state["n_updates"]), "seed": int(state["seed"]), "meta": dict(state.get("meta", {}))}
 
 
 def load_sample(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

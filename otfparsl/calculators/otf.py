@@ -11,10 +11,11 @@ This module never imports parsl: the futures may come from any executor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -26,12 +27,17 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from otfparsl.calculators.ensemble import EnsembleCalculator, summarise_members
 from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
-from otfparsl.errors import LabelingFailed, OtfparslError
+from otfparsl.errors import (
+    ConfigurationError,
+    LabelingFailed,
+    MissingDependencyError,
+    OtfparslError,
+)
 
 log = logging.getLogger(__name__)
 
-LabelFn = Callable[[Atoms], Future]
-UpdateFn = Callable[[int], Future]
+LabelFn = Callable[[Atoms, int], Future]
+UpdateFn = Callable[[int, int], Future]
 ReloadFn = Callable[[], Sequence[dict]]
 EventFn = Callable[[dict], None]
 
@@ -78,9 +84,12 @@ class Learner:
     dataset
         The labelled data set (``labels.extxyz``).
     label
-        ``label(atoms) -> Future[Atoms]``: the DFT-labelled structure (raw DFT values).
+        ``label(atoms, attempt) -> Future[Atoms]``: the DFT-labelled structure (raw DFT values);
+        ``attempt`` counts the retries of this structure (0 first), so the caller can change
+        the DFT settings between attempts.
     update
-        ``update(n_labels) -> Future``: update all chains on the first ``n_labels`` labels.
+        ``update(n_labels, generation) -> Future``: update all chains on the first ``n_labels``
+        labels; afterwards every chain holds its ``generation``-th sample.
     reload
         Read the chains' new samples once an update is done.
     events
@@ -118,6 +127,7 @@ class Learner:
         self.labels_in_ensemble = len(dataset)
         self.consecutive_failures = 0
         self.timers = Timers()
+        self.busy: set[int] = set()  # walkers inside an intervening MD step (not checkpointable)
         self._predict_lock = threading.Lock()
         self._data_lock = threading.Lock()
         self._update_lock = threading.Lock()
@@ -151,6 +161,8 @@ class Learner:
         first = self.energy_offset_eV is None
         if not self.calibrator.needs_label(first, confidence):
             return StepOutcome(prediction, prediction, confidence, False, self.generation)
+        with self._data_lock:
+            self.busy.add(walker)
         labelled = self._label_with_retries(atoms, step, walker)
         if labelled is None:
             return StepOutcome(
@@ -165,8 +177,12 @@ class Learner:
         for attempt in range(self.label_retries + 1):
             start = time.perf_counter()
             try:
-                labelled = self._label(atoms.copy()).result()
-            except LabelingFailed as exc:
+                labelled = self._label(atoms.copy(), attempt).result()
+            except (ConfigurationError, MissingDependencyError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a crashed code or a lost worker is a failed label
+                if not isinstance(exc, LabelingFailed):
+                    exc = LabelingFailed(f"{type(exc).__name__}: {exc}")
                 self.timers.label_s += time.perf_counter() - start
                 self._events(_failure_event(exc, step, walker, attempt))
                 log.warning("DFT failed at step %d (attempt %d): %s", step, attempt + 1, exc)
@@ -220,7 +236,7 @@ class Learner:
             with self._data_lock:
                 n_labels = len(self.dataset)
             start = time.perf_counter()
-            stats = self._update(n_labels).result()
+            stats = self._update(n_labels, self.generation + 1).result()
             samples = self._reload()
             with self._predict_lock:
                 self.ensemble.set_samples(samples)
@@ -232,6 +248,42 @@ class Learner:
             {"event": "update", "generation": self.generation, "n_labels": n_labels,
              "seconds": seconds, "chains": stats}
         )  # fmt: skip
+
+    def release(self, walker: int) -> None:
+        """Mark the MD step of ``walker`` as finished (its state can be checkpointed again)."""
+        with self._data_lock:
+            self.busy.discard(walker)
+
+    @contextlib.contextmanager
+    def consistent(self) -> Iterator[dict | None]:
+        """Hold the data lock; yield :meth:`state_dict`, or None while a walker is in a DFT step.
+
+        While the context is open no label can join the data set, so what the caller saves next
+        to the yielded state (calibration, file sizes) belongs to the same moment.
+        """
+        with self._data_lock:
+            yield None if self.busy else self.state_dict()
+
+    def state_dict(self) -> dict:
+        """The learner's own state for a checkpoint (calibrator and files are saved apart)."""
+        return {
+            "energy_offset_eV": self.energy_offset_eV, "generation": self.generation,
+            "labels_in_ensemble": self.labels_in_ensemble, "n_labels": len(self.dataset),
+            "consecutive_failures": self.consecutive_failures, "timers": self.timers.as_dict(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (after the data set and chains are restored)."""
+        if state["n_labels"] != len(self.dataset):
+            raise ConfigurationError(
+                f"the checkpoint expects {state['n_labels']} labels but labels.extxyz holds "
+                f"{len(self.dataset)}; the run directory is inconsistent. Restart from scratch."
+            )
+        self.energy_offset_eV = state["energy_offset_eV"]
+        self.generation = int(state["generation"])
+        self.labels_in_ensemble = int(state["labels_in_ensemble"])
+        self.consecutive_failures = int(state["consecutive_failures"])
+        self.timers = Timers(**state["timers"])
 
     def _dft_results(self, labelled: Atoms) -> dict:
         results = labelled.calc.results
@@ -287,6 +339,33 @@ class OnTheFlyCalculator(Calculator):
                 results.setdefault(key, outcome.prediction[key])
         self.results = results
         self.last = outcome
+
+    def snapshot(self) -> dict:
+        """State needed to continue exactly: step count, cached results, last outcome."""
+        return {"step_count": self.step_count, "results": dict(self.results), "last": _snapshot_outcome(self.last)}
+
+    def restore(self, atoms: Atoms, state: dict) -> None:
+        """Restore :meth:`snapshot` for ``atoms`` (already at the snapshot's positions).
+
+        The cached results make the integrator's next force call a cache hit, exactly as in
+        the uninterrupted run, instead of a new (and counted) on-the-fly step.
+        """
+        self.step_count = int(state["step_count"])
+        self.atoms = atoms.copy()
+        self.results = dict(state["results"])
+        last = state.get("last")
+        self.last = StepOutcome(**last) if last is not None else None
+
+
+def _snapshot_outcome(outcome: StepOutcome | None) -> dict | None:
+    if outcome is None:
+        return None
+    return {
+        "results": outcome.results, "prediction": outcome.prediction,
+        "confidence": outcome.confidence, "intervened": outcome.intervened,
+        "generation": outcome.generation, "label_failed": outcome.label_failed,
+        "record": outcome.record,
+    }  # fmt: skip
 
 
 def _store_prediction(

@@ -6,6 +6,8 @@ kpts=(2, 2, 2))``, ``make_labeler("ase", name="gpaw", kwargs={...})``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from typing import Any
 
 from otfparsl.errors import ConfigurationError
@@ -49,7 +51,20 @@ def make_labeler(kind: str, **options: Any) -> Labeler:
             f"unknown labeler kind {kind!r}; allowed: {sorted(_KINDS)}. Use 'ase' with "
             "name=... for other ASE calculators (gpaw, espresso, cp2k, emt)."
         )
+    _check_option_names(kind, cls, options)
     try:
         return cls(**options)
     except TypeError as exc:
         raise ConfigurationError(f"invalid options for the {kind!r} labeler: {exc}") from exc
+
+
+def _check_option_names(kind: str, cls: type, options: dict[str, Any]) -> None:
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    for key in sorted(options):
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(
+                f"unknown option {key!r} (= {options[key]!r}) of the {kind!r} labeler.{hint} "
+                f"Allowed: {', '.join(allowed)}."
+            )

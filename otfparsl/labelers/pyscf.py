@@ -59,6 +59,14 @@ class PySCFLabeler:
         down by an order of magnitude.
     verbose
         PySCF verbosity written to ``pyscf.log`` in the working directory.
+    level_shift
+        Virtual-orbital level shift (Hartree); 0.2-0.5 helps SCFs that oscillate.
+    damp
+        Fock-matrix damping factor in [0, 1).
+    diis_space
+        Number of DIIS vectors (PySCF default 8).
+    second_order
+        Use the second-order (Newton) SCF solver, slower per iteration but robust.
     grid_response
         Include the response of the DFT integration grid in the gradient. Without it (PySCF's
         default, cheaper) the forces differ from -dE/dR of the reported energy by about
@@ -80,12 +88,23 @@ class PySCFLabeler:
     num_threads: int | None = None
     verbose: int = 4
     grid_response: bool = False
+    level_shift: float = 0.0
+    damp: float = 0.0
+    diis_space: int = 8
+    second_order: bool = False
 
     def __post_init__(self) -> None:
         if self.spin < 0:
             raise ConfigurationError(f"spin (2S) must be >= 0; got {self.spin}.")
         if self.max_cycle < 1:
             raise ConfigurationError(f"max_cycle must be >= 1; got {self.max_cycle}.")
+        if not 0.0 <= self.damp < 1.0:
+            raise ConfigurationError(f"damp must be in [0, 1); got {self.damp}.")
+        if self.level_shift < 0 or self.diis_space < 1:
+            raise ConfigurationError(
+                f"level_shift must be >= 0 and diis_space >= 1; got {self.level_shift}, "
+                f"{self.diis_space}."
+            )
         if not self.conv_tol > 0:
             raise ConfigurationError(f"conv_tol must be > 0 Hartree; got {self.conv_tol}.")
 
@@ -99,7 +118,10 @@ class PySCFLabeler:
             mf.grids.level = self.grid_level
         mf.max_cycle = self.max_cycle
         mf.conv_tol = self.conv_tol
-        return mf
+        mf.level_shift = self.level_shift
+        mf.damp = self.damp
+        mf.diis_space = self.diis_space
+        return mf.newton() if self.second_order else mf
 
     def label(self, atoms: Atoms, workdir: Path) -> Atoms:
         """Return a copy of the molecule with PySCF energy (eV) and forces (eV/Å).

@@ -106,6 +106,15 @@ def _check_npt_cell(atoms: Atoms) -> None:
         )
 
 
+def check_ensemble_structure(ensemble: str, atoms: Atoms) -> None:
+    """Raise ConfigurationError when ``atoms`` cannot run under ``ensemble``.
+
+    NPT (Melchionna) needs a cell periodic in all three directions, in triangular form.
+    """
+    if ensemble == "npt":
+        _check_npt_cell(atoms)
+
+
 def make_dynamics(
     atoms: Atoms,
     segment: Segment,

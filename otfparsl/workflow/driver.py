@@ -10,12 +10,11 @@ the submitter.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import shutil
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +27,15 @@ from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
+from otfparsl.labelers.cache import label_key, load_label
 from otfparsl.models import load_adapter
-from otfparsl.models.base import FamilyDefaults, ModelAdapter, ModelSpec
+from otfparsl.models.base import FamilyDefaults, ModelSpec
+from otfparsl.preflight import check_labeler_environments, check_run
 from otfparsl.settings import BayesSettings, ModelSettings, RunSettings
 from otfparsl.structures import read_structure
-from otfparsl.training import ChainJob, init_chain_files, load_samples
-from otfparsl.workflow.state import EventLog, RunDirectory, save_json
+from otfparsl.training import ChainJob, chain_path, init_chain_files, load_samples
+from otfparsl.workflow.checkpoint import Checkpointer, LabelCounter, prepare_resume, read_checkpoint
+from otfparsl.workflow.state import EventLog, RunDirectory, read_events, save_json
 from otfparsl.workflow.submit import Submitter, ThreadSubmitter, gather
 from otfparsl.workflow.tasks import label_structure, update_chain
 from otfparsl.workflow.walkers import StepInfo, run_walkers
@@ -120,7 +122,7 @@ def run(
     on_step: Callable[[StepInfo], None] | None = None,
     structure: Atoms | None = None,
 ) -> RunResult:
-    """Run on-the-fly fine-tuning MD as the settings say.
+    """Run on-the-fly fine-tuning MD as the settings say; continue the run if one exists.
 
     Parameters
     ----------
@@ -131,88 +133,180 @@ def run(
     run_dir
         Run directory; default ``settings.run_dir`` or ``runs/NAME``.
     restart_from_scratch
-        Delete an existing run directory first (otherwise an existing run is an error).
+        Delete an existing run in ``run_dir`` first. Without it an existing run is resumed
+        from its last checkpoint (its settings must match, except the labeller's).
     on_step
         Called after every MD step of every walker (progress display).
     structure
         Starting structure (ASE Atoms); default: read ``settings.structure``.
     """
-    rd = _prepare_run_dir(Path(run_dir) if run_dir else default_run_dir(settings), restart_from_scratch)
-    atoms = structure.copy() if structure is not None else read_structure(settings.structure)
-    adapter = load_adapter(model_spec(settings.model))
-    adapter.check_atoms(atoms)
-    atomic_write_text(rd.run_yaml, settings.to_yaml())
-    if submitter is None:
-        with ThreadSubmitter() as local:
-            return _run(settings, local, rd, adapter, atoms, on_step)
-    return _run(settings, submitter, rd, adapter, atoms, on_step)
-
-
-def _prepare_run_dir(path: Path, restart_from_scratch: bool) -> RunDirectory:
-    rd = RunDirectory(path)
+    rd = RunDirectory(Path(run_dir) if run_dir else default_run_dir(settings))
+    settings = settings.resolve_paths(Path.cwd())  # a no-op for settings read from a YAML
+    atoms = check_run(settings, structure)  # every input checked before the directory is touched
     if rd.exists() and not restart_from_scratch:
+        check_same_run(rd, settings)
+        atomic_write_text(rd.run_yaml, settings.to_yaml())  # the labeller may have changed
+        return resume(rd.path, submitter, on_step, structure=atoms)
+    with _submitter(submitter) as sub:
+        check_labeler_on_workers(settings, atoms, sub)
+        _prepare_run_dir(rd, restart_from_scratch)
+        atomic_write_text(rd.run_yaml, settings.to_yaml())
+        atomic_write_text(rd.path / "structure.extxyz", _extxyz(atoms))
+        return _run(settings, sub, rd, atoms, on_step, checkpoint=None)
+
+
+def resume(
+    run_dir: str | Path,
+    submitter: Submitter | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    structure: Atoms | None = None,
+) -> RunResult:
+    """Continue a run from its last checkpoint (``otfparsl resume RUN_DIR``).
+
+    With one walker the continuation is the uninterrupted run, bit for bit, on the same
+    hardware and thread counts (see docs/method.md, "Resuming"). A run killed before its first
+    checkpoint starts again from the beginning, reusing every DFT label already finished.
+    """
+    rd = RunDirectory(Path(run_dir))
+    if not rd.exists():
+        raise ConfigurationError(f"{str(rd.path)!r} holds no run (no run.yaml); start one with `otfparsl run RUN.yaml`.")
+    settings = RunSettings.from_yaml(rd.run_yaml)
+    atoms = structure if structure is not None else _starting_structure(rd, settings)
+    atoms = check_run(settings, atoms)
+    state = read_checkpoint(rd)
+    if state is not None and state["done"]:
+        log.warning("run %s is already complete; nothing to resume", rd.path)
+        return _summarise_done(rd, state)
+    with _submitter(submitter) as sub:
+        check_labeler_on_workers(settings, atoms, sub)
+        if state is None:
+            _prepare_run_dir(rd, restart_from_scratch=True, keep=("runinfo", "dft", "run.yaml", "structure.extxyz"))
+        return _run(settings, sub, rd, atoms, on_step, checkpoint=state)
+
+
+@contextlib.contextmanager
+def _submitter(submitter: Submitter | None) -> Iterator[Submitter]:
+    if submitter is not None:
+        yield submitter
+        return
+    with ThreadSubmitter() as local:
+        yield local
+
+
+def check_same_run(rd: RunDirectory, settings: RunSettings) -> None:
+    try:
+        saved = RunSettings.from_yaml(rd.run_yaml).model_dump(mode="json")
+    except ConfigurationError as exc:
         raise ConfigurationError(
-            f"run directory {str(path)!r} already holds a run; start over with "
-            "--restart-from-scratch or choose another --run-dir (resuming is not implemented yet)"
+            f"run directory {str(rd.path)!r} already holds a run.yaml that otfparsl cannot resume "
+            f"({exc}); choose another --run-dir or start over with --restart-from-scratch"
+        ) from None
+    new = settings.model_dump(mode="json")
+    changed = [k for k in new if k not in ("labeler", "run_dir", "name") and new[k] != saved.get(k)]
+    if changed:
+        raise ConfigurationError(
+            f"run directory {str(rd.path)!r} holds a run with other settings ({', '.join(changed)} "
+            "differ); resume it with `otfparsl resume`, start over with --restart-from-scratch or "
+            "choose another --run-dir"
         )
-    if path.exists() and restart_from_scratch:
-        for child in path.iterdir():  # keep Parsl's runinfo/: a site may already be running
-            if child.name == "runinfo":
+
+
+def _starting_structure(rd: RunDirectory, settings: RunSettings) -> Atoms:
+    saved = rd.path / "structure.extxyz"
+    return read_structure(saved) if saved.is_file() else read_structure(settings.structure)
+
+
+def _extxyz(atoms: Atoms) -> str:
+    import io
+
+    import ase.io
+
+    buffer = io.StringIO()
+    ase.io.write(buffer, atoms, format="extxyz")
+    return buffer.getvalue()
+
+
+def check_labeler_on_workers(settings: RunSettings, atoms: Atoms, submitter: Submitter) -> None:
+    """Check the DFT code's environment where DFT runs (the `dft` role), before the run starts."""
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+    submitter.submit("dft", check_labeler_environments, settings.labeler, symbols).result()
+
+
+def _prepare_run_dir(rd: RunDirectory, restart_from_scratch: bool, keep: tuple[str, ...] = ("runinfo",)) -> None:
+    if rd.path.exists() and restart_from_scratch:
+        for child in rd.path.iterdir():  # keep Parsl's runinfo/: a site may already be running
+            if child.name in keep:
                 continue
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     for sub in (rd.path, rd.chains, rd.dft):
         sub.mkdir(parents=True, exist_ok=True)
-    return rd
 
 
 def _run(
     settings: RunSettings,
     submitter: Submitter,
     rd: RunDirectory,
-    adapter: ModelAdapter,
     atoms: Atoms,
     on_step: Callable[[StepInfo], None] | None,
+    checkpoint: dict | None,
 ) -> RunResult:
-    start = time.perf_counter()
+    adapter = load_adapter(model_spec(settings.model))
     defaults = adapter.defaults
     sigma_tl = settings.bayes.sigma_tl or defaults.sigma_tl
-    chain_paths = init_chain_files(
-        adapter, rd.chains, settings.bayes.n_chains, settings.bayes.seed,
-        sampler_config(settings.bayes, defaults), sigma_tl,
-    )  # fmt: skip
+    config = sampler_config(settings.bayes, defaults)
+    if checkpoint is None:
+        chain_paths = init_chain_files(adapter, rd.chains, settings.bayes.n_chains, settings.bayes.seed, config, sigma_tl)
+    else:
+        chain_paths = [chain_path(rd.chains, k) for k in range(settings.bayes.n_chains)]
+        prepare_resume(rd, checkpoint, chain_paths)
     energy_sigma = 0.1 * settings.calibration.energy_threshold_eV
     ensemble = EnsembleCalculator.from_chain_files(
         adapter, chain_paths, energy_sigma, variance_ddof=settings.bayes.variance_ddof
     )
     calibrator = make_calibrator(settings, defaults)
+    if checkpoint is not None:
+        calibrator = Calibrator.from_dict(checkpoint["calibration"])
     events = EventLog(rd.events)
-    learner = _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths)
+    counter = LabelCounter(checkpoint["label_counter"] if checkpoint else 0)
+    learner = _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths, counter)
+    if checkpoint is not None:
+        learner.load_state_dict(checkpoint["learner"])
+        events.write({"event": "resume", "step": [w["step"] for w in checkpoint["walkers"]], "generation": learner.generation})
+    checkpointer = Checkpointer(
+        rd, learner, calibrator, events, counter, settings.md.checkpoint_interval,
+        walkers={w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None,
+        wall_s=checkpoint["wall_s"] if checkpoint else 0.0,
+    )  # fmt: skip
+    starts = {w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None
     try:
-        n_steps = run_walkers(settings, atoms, learner, rd, events.write, on_step)
+        n_steps = run_walkers(settings, atoms, learner, rd, events.write, on_step, checkpointer, starts)
+        checkpointer.commit(done=True)
     finally:
         events.close()
-    result = _summarise(rd, learner, n_steps, time.perf_counter() - start)
+    result = _summarise(rd, learner.timers.as_dict(), n_steps, checkpointer.wall_s)
     save_json(rd.summary, result.as_dict())
     return result
 
 
-def _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths) -> Learner:
-    counter = itertools.count()
-    lock = threading.Lock()
+def _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths, counter) -> Learner:
     spec = model_spec(settings.model, device=settings.model.chain_device)
     labeler = settings.labeler
 
-    def label(atoms: Atoms):
-        with lock:
-            workdir = rd.dft / f"label_{next(counter):05d}"
-        return submitter.submit("dft", label_structure, atoms, labeler.kind, dict(labeler.options), str(workdir))
+    def label(atoms: Atoms, attempt: int):
+        workdir = rd.dft / f"label_{counter.next():05d}"
+        options = labeler.attempt_options(attempt)
+        cached = load_label(workdir, atoms, label_key(atoms, labeler.kind, options))
+        if cached is not None:
+            log.info("DFT label %s was finished before the interruption: reused", workdir.name)
+            return _completed(cached)
+        return submitter.submit("dft", label_structure, atoms, labeler.kind, options, str(workdir))
 
-    def update(n_labels: int):
+    def update(n_labels: int, generation: int):
         jobs = [
             ChainJob(
                 index=k, chain_path=str(path), labels_path=str(rd.labels), n_labels=n_labels,
                 model=spec, energy_offset_eV=learner.energy_offset_eV,
-                energy_sigma_eV=ensemble.energy_sigma_eV,
+                energy_sigma_eV=ensemble.energy_sigma_eV, generation=generation,
             )  # fmt: skip
             for k, path in enumerate(chain_paths)
         ]
@@ -227,21 +321,32 @@ def _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_p
     learner = Learner(
         ensemble, calibrator, LabelledDataset(rd.labels), label, update,
         lambda: load_samples(chain_paths), on_event,
-        label_retries=labeler.retries, max_consecutive_failures=labeler.max_consecutive_failures,
+        label_retries=labeler.n_retries, max_consecutive_failures=labeler.max_consecutive_failures,
     )  # fmt: skip
     return learner
 
 
-def _summarise(rd: RunDirectory, learner: Learner, n_steps: int, wall_s: float) -> RunResult:
-    from otfparsl.workflow.state import read_events
+def _completed(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
+
+def _summarise(rd: RunDirectory, timers: dict[str, float], n_steps: int, wall_s: float) -> RunResult:
     events = read_events(rd.events)
     labels = [e for e in events if e["event"] == "label"]
     above = sum(bool(e["exceeds_threshold"]) for e in labels)  # the first label has error 0
-    timers = learner.timers.as_dict()
+    timers = dict(timers)
     timers["md_other_s"] = wall_s - sum(timers.values())
     return RunResult(
         run_dir=rd.path, n_steps=n_steps, dft_calls=len(labels),
         label_failures=sum(e["event"] == "label_failed" for e in events),
         interventions_above_threshold=int(above), wall_s=wall_s, timers=timers,
     )  # fmt: skip
+
+
+def _summarise_done(rd: RunDirectory, state: dict) -> RunResult:
+    n_steps = sum(int(w["calc"]["step_count"]) for w in state["walkers"])
+    result = _summarise(rd, state["learner"]["timers"], n_steps, state["wall_s"])
+    save_json(rd.summary, result.as_dict())
+    return result

@@ -30,6 +30,7 @@ import parsl
 from parsl.app.app import python_app
 from parsl.config import Config
 from parsl.dataflow.dflow import DataFlowKernel
+from parsl.executors.high_throughput.errors import ManagerLost, WorkerLost
 from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
 
 from otfparsl.errors import SiteError
@@ -98,6 +99,53 @@ def _convert(site: str, option: SiteOption, raw: object, source: str) -> Any:
     if option.kind in ("int", "float") and option.minimum is not None and value < option.minimum:
         raise SiteError(f"{where} must be >= {option.minimum:g}; got {value!r}")
     return value
+
+
+RETRIES = SiteOption(
+    name="retries",
+    kind="int",
+    default=2,
+    help="resubmissions of a task whose worker or node was lost (killed, OOM, wall time)",
+    minimum=0,
+)
+"""The ``retries`` option every profile declares; pass it to ``Config(retries=...)``."""
+
+#: Failures of the machinery rather than of the task: the worker process died (WorkerLost, e.g.
+#: SIGKILL by the OOM killer) or its whole pool stopped answering (ManagerLost: node failure,
+#: batch job killed at its wall time).
+LOST_WORKER_ERRORS: tuple[type[BaseException], ...] = (WorkerLost, ManagerLost)
+
+
+def retry_lost_workers(exception: BaseException, task_record: Mapping[str, Any]) -> float:
+    """Parsl ``retry_handler``: retry tasks whose worker was lost, never tasks that raised.
+
+    A lost worker costs 1 of the ``Config.retries`` budget, so such a task is resubmitted up to
+    ``retries`` times. Any other exception (a DFT code that failed, a bug, a diverged chain) is
+    the task's own result: it costs more than any budget, so it reaches the caller at once (the
+    run's DFT retry policy in the run YAML handles failed labels, separately).
+
+    Parameters
+    ----------
+    exception
+        What the task's attempt raised (Parsl unwraps remote exceptions).
+    task_record
+        Parsl's record of the task (``func_name``, ``fail_count``, ...).
+
+    Returns
+    -------
+    float
+        1.0 for :data:`LOST_WORKER_ERRORS`, ``inf`` otherwise.
+    """
+    if isinstance(exception, LOST_WORKER_ERRORS):
+        logger.warning(
+            "task %s (%s) lost its worker on attempt %d: %s; resubmitting if retries are left",
+            task_record.get("id"),
+            task_record.get("func_name"),
+            task_record.get("fail_count", 0),
+            exception,
+        )
+        return 1.0
+    return float("inf")
 
 
 def resolve_options(

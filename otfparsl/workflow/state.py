@@ -1,8 +1,9 @@
 """The run directory: paths, the event log, calibration state, and loading a run's ensemble.
 
 Format (stable; what users look at): ``run.yaml``, ``events.jsonl``, ``labels.extxyz``,
-``trajectory.extxyz``, ``calibration.json``, ``chains/chain_K.pt``, ``dft/`` (one working
-directory per DFT call), ``summary.json``, ``report/``.
+``trajectory.extxyz``, ``calibration.json``, ``chains/chain_K.pt``, ``checkpoint.json``, ``dft/``
+(one working directory per DFT call, with ``label.json`` once it finished), ``summary.json``,
+``report/``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RunDirectory:
     chains = property(lambda self: self.path / "chains")
     dft = property(lambda self: self.path / "dft")
     summary = property(lambda self: self.path / "summary.json")
+    checkpoint = property(lambda self: self.path / "checkpoint.json")
     report = property(lambda self: self.path / "report")
 
     def exists(self) -> bool:
@@ -61,6 +63,13 @@ class EventLog:
         line = json.dumps(stamped, default=_json_default)
         with self._lock:
             self._handle.write(line + "\n")
+
+    def flush(self) -> int:
+        """Flush and fsync the file; return its size in bytes (what a checkpoint keeps)."""
+        with self._lock:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            return os.fstat(self._handle.fileno()).st_size
 
     def close(self) -> None:
         """Flush and close the file."""

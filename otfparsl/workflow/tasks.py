@@ -19,13 +19,16 @@ def label_structure(atoms: Atoms, kind: str, options: dict[str, Any], workdir: s
     """Label one structure with a DFT code in its own working directory.
 
     Returns the labelled copy (SinglePointCalculator with the raw DFT energy, forces, stress);
-    ``info["label_seconds"]`` holds the wall time of the calculation.
+    ``info["label_seconds"]`` holds the wall time of the calculation. The result is also kept in
+    ``workdir/label.json`` so that a resumed run never pays for it twice.
     """
     from otfparsl.labelers import make_labeler
+    from otfparsl.labelers.cache import label_key, save_label
 
     start = time.perf_counter()
     labelled = make_labeler(kind, **options).label(atoms, Path(workdir))
     labelled.info.setdefault("label_seconds", time.perf_counter() - start)
+    save_label(workdir, label_key(atoms, kind, options), labelled)
     return labelled
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ase.io
 import numpy as np
@@ -18,8 +19,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from otfparsl.calculators.otf import Learner, OnTheFlyCalculator
 from otfparsl.md import Segment, TemperatureProgramme
+from otfparsl.md.state import capture_md_state, restore_md_state
 from otfparsl.settings import MDSettings, RunSettings
 from otfparsl.workflow.state import RunDirectory
+
+if TYPE_CHECKING:
+    from otfparsl.workflow.checkpoint import Checkpointer
 
 #: Seed stride between walkers (walker w uses seed + w * WALKER_SEED_STRIDE).
 WALKER_SEED_STRIDE = 7919
@@ -54,16 +59,23 @@ def run_walkers(
     rd: RunDirectory,
     write_event: Callable[[dict], None],
     on_step: Callable[[StepInfo], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    starts: dict[int, dict] | None = None,
 ) -> int:
-    """Run every walker to the end of the programme; return the total number of MD steps."""
+    """Run every walker to the end of the programme; return the total number of MD steps.
+
+    ``starts`` holds the walker snapshots of a checkpoint to continue from (resume);
+    ``checkpointer`` receives each walker's state after every step.
+    """
     n_walkers = settings.md.walkers
     programme = programme_from_settings(settings.md)
     counts = [0] * n_walkers
     errors: list[BaseException] = []
+    context = _WalkerContext(programme, settings, learner, rd, write_event, on_step, checkpointer)
 
     def target(w: int) -> None:
         try:
-            counts[w] = _run_walker(w, atoms.copy(), programme, settings, learner, rd, write_event, on_step)
+            counts[w] = _run_walker(w, atoms.copy(), context, (starts or {}).get(w))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
@@ -85,33 +97,70 @@ def trajectory_path(rd: RunDirectory, walker: int) -> Path:
     return rd.trajectory if walker == 0 else rd.path / f"trajectory_w{walker}.extxyz"
 
 
-def _run_walker(w, atoms, programme, settings, learner, rd, write_event, on_step) -> int:
-    seed = settings.md.seed + w * WALKER_SEED_STRIDE
-    calc = OnTheFlyCalculator(learner, walker=w)
-    atoms.calc = calc
-    programme.initialize_velocities(atoms, seed)
-    traj = trajectory_path(rd, w)
-    time_fs, logged = 0.0, [-1]
-    for index, n_steps, dyn in programme.iter_dynamics(atoms, seed):
-        segment = programme.segments[index]
-        start_fs = time_fs
+@dataclass(frozen=True)
+class _WalkerContext:
+    programme: TemperatureProgramme
+    settings: RunSettings
+    learner: Learner
+    rd: RunDirectory
+    write_event: Callable[[dict], None]
+    on_step: Callable[[StepInfo], None] | None
+    checkpointer: Checkpointer | None
 
-        def observe(dyn=dyn, index=index, start_fs=start_fs, segment=segment) -> None:
+
+def _run_walker(w: int, atoms: Atoms, ctx: _WalkerContext, start: dict | None) -> int:
+    seed = ctx.settings.md.seed + w * WALKER_SEED_STRIDE
+    calc = OnTheFlyCalculator(ctx.learner, walker=w)
+    atoms.calc = calc
+    programme = ctx.programme
+    if start is None:
+        programme.initialize_velocities(atoms, seed)
+        first, logged = 0, [-1]
+    elif start["finished"]:
+        return int(start["calc"]["step_count"])
+    else:
+        first, logged = int(start["segment"]), [int(start["step"])]
+    offsets = np.cumsum([0.0] + [s.n_steps * s.timestep_fs for s in programme.segments])
+    for index in range(first, len(programme.segments)):
+        segment = programme.segments[index]
+        dyn = programme.make_dynamics(atoms, index, seed)
+        if start is not None and index == first:
+            restore_md_state(atoms, dyn, start["md"])
+            calc.restore(atoms, start["calc"])
+        final = index == len(programme.segments) - 1
+
+        def observe(dyn=dyn, index=index, segment=segment, final=final) -> None:
             step = calc.step_count - 1
             if step == logged[0] or calc.last is None:
                 return
             logged[0] = step
-            info = _step_info(w, step, index, start_fs + dyn.nsteps * segment.timestep_fs, atoms, calc, learner)
-            write_event({"event": "step", **asdict(info)})
-            if step % settings.md.trajectory_interval == 0:
-                _write_frame(traj, atoms, calc, info)
-            if on_step is not None:
-                on_step(info)
+            info = _step_info(w, step, index, offsets[index] + dyn.nsteps * segment.timestep_fs, atoms, calc, ctx.learner)
+            _record_step(ctx, w, info, atoms, calc)
+            if ctx.checkpointer is not None:
+                done = final and dyn.nsteps == segment.n_steps
+                snapshot = _snapshot(w, step, index, dyn, atoms, calc, ctx.rd, done)
+                ctx.checkpointer.step_done(w, snapshot, bool(calc.last.intervened))
+            if ctx.on_step is not None:
+                ctx.on_step(info)
 
         dyn.attach(observe, interval=1)
-        dyn.run(n_steps)
-        time_fs = start_fs + n_steps * segment.timestep_fs
+        dyn.run(segment.n_steps - dyn.nsteps)
     return calc.step_count
+
+
+def _record_step(ctx: _WalkerContext, w: int, info: StepInfo, atoms: Atoms, calc: OnTheFlyCalculator) -> None:
+    ctx.write_event({"event": "step", **asdict(info)})
+    if info.step % ctx.settings.md.trajectory_interval == 0:
+        _write_frame(trajectory_path(ctx.rd, w), atoms, calc, info)
+
+
+def _snapshot(w, step, index, dyn, atoms, calc, rd, finished) -> dict:
+    traj = trajectory_path(rd, w)
+    return {
+        "walker": w, "step": step, "segment": index, "finished": finished,
+        "md": capture_md_state(atoms, dyn), "calc": calc.snapshot(),
+        "trajectory": str(traj), "trajectory_bytes": traj.stat().st_size if traj.is_file() else 0,
+    }  # fmt: skip
 
 
 def _step_info(w, step, segment, time_fs, atoms, calc, learner) -> StepInfo:

@@ -48,3 +48,17 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
     assert result.exit_code == 2
     assert "already holds a run" in result.output
     assert (run_dir / "run.yaml").read_text() == "name: old\n"
+
+
+def test_existing_run_with_other_settings_is_not_resumed(tmp_path):
+    from otfparsl.settings import RunSettings
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    other = RunSettings.from_yaml(ETHANOL).model_copy(update={"bayes": RunSettings.from_yaml(ETHANOL).bayes.model_copy(update={"n_chains": 4})})
+    (run_dir / "run.yaml").write_text(other.to_yaml())
+    before = (run_dir / "run.yaml").read_text()
+    result = CliRunner().invoke(app, ["run", str(ETHANOL), "--run-dir", str(run_dir)])
+    assert result.exit_code == 2
+    assert "holds a run with other settings (bayes differ)" in result.output
+    assert (run_dir / "run.yaml").read_text() == before and sorted(p.name for p in run_dir.iterdir()) == ["run.yaml"]

@@ -25,13 +25,15 @@ def _done(value=None, error=None) -> Future:
 class FlakyEMT:
     """A label function: EMT, failing (SCFNotConverged) on the calls listed in ``failures``."""
 
-    def __init__(self, failures=()):
-        self.failures, self.calls = set(failures), 0
+    def __init__(self, failures=(), error=None):
+        self.failures, self.calls, self.attempts = set(failures), 0, []
+        self.error = error or SCFNotConverged("SCF did not converge in 1 cycle", output="log")
 
-    def __call__(self, atoms) -> Future:
+    def __call__(self, atoms, attempt) -> Future:
         self.calls += 1
+        self.attempts.append(attempt)
         if self.calls in self.failures or "all" in self.failures:
-            return _done(error=SCFNotConverged("SCF did not converge in 1 cycle", output="log"))
+            return _done(error=self.error)
         atoms.calc = EMT()
         atoms.get_forces()
         return _done(atoms)
@@ -44,7 +46,7 @@ def _learner(adapter, tmp_path, label, **kwargs) -> tuple[Learner, list]:
     events: list[dict] = []
     learner = Learner(
         ensemble, Calibrator(energy_threshold_eV=0.01), LabelledDataset(tmp_path / "labels.extxyz"),
-        label, lambda n: updates.append(n) or _done([]), lambda: [sample, sample], events.append,
+        label, lambda n, generation: updates.append(n) or _done([]), lambda: [sample, sample], events.append,
         **kwargs,
     )  # fmt: skip
     return learner, events
@@ -79,3 +81,28 @@ def test_skip_then_clean_stop_after_consecutive_failures(tiny_mace_adapter, cu_c
     with pytest.raises(TooManyLabelFailures, match="2 structures in a row"):
         learner.step(cu_cell)
     assert sum(e["event"] == "label_failed" for e in events) == 4
+
+
+def test_retries_are_numbered_so_the_dft_settings_can_change(tiny_mace_adapter, cu_cell, tmp_path):
+    label = FlakyEMT(failures={1, 2})
+    learner, _ = _learner(tiny_mace_adapter, tmp_path, label, label_retries=2)
+    outcome = learner.step(cu_cell)
+    assert label.attempts == [0, 1, 2] and not outcome.label_failed
+
+
+def test_a_crashed_code_or_lost_worker_counts_as_a_failed_label(tiny_mace_adapter, cu_cell, tmp_path):
+    label = FlakyEMT(failures={1}, error=RuntimeError("worker lost: node 12 died"))
+    learner, events = _learner(tiny_mace_adapter, tmp_path, label, label_retries=1)
+    outcome = learner.step(cu_cell)
+    assert not outcome.label_failed and learner.n_labels == 1
+    assert events[0]["error"] == "LabelingFailed" and "node 12 died" in events[0]["message"]
+
+
+def test_a_configuration_error_of_the_labeller_stops_the_run(tiny_mace_adapter, cu_cell, tmp_path):
+    from otfparsl.errors import ConfigurationError
+
+    label = FlakyEMT(failures={"all"}, error=ConfigurationError("unknown option 'xcc'"))
+    learner, _ = _learner(tiny_mace_adapter, tmp_path, label, label_retries=3)
+    with pytest.raises(ConfigurationError, match="xcc"):
+        learner.step(cu_cell)
+    assert label.calls == 1  # not retried: retrying cannot fix a wrong setting

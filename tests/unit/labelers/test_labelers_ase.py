@@ -67,5 +67,7 @@ def test_bad_names_and_options_rejected():
         ASECalculatorLabeler("emt", {"directory": "/tmp"})
     with pytest.raises(ConfigurationError, match="unknown labeler kind"):
         make_labeler("gaussian")
-    with pytest.raises(ConfigurationError, match="invalid options"):
+    with pytest.raises(ConfigurationError, match="unknown option 'functional'.*Allowed: basis"):
         make_labeler("pyscf", functional="b3lyp")
+    with pytest.raises(ConfigurationError, match="Did you mean 'max_cycle'"):
+        make_labeler("pyscf", max_cycles=200)

@@ -1,0 +1,111 @@
+"""Kill a run with SIGKILL at six points (during DFT, during a chain update, between
+checkpoints), resume it each time, and compare it with the same run left alone.
+
+The run (tests/integration/killable_run.py) is tiny MACE + EMT copper with 3 chains; each session
+is a fresh Python process, as after a crash. The resumed run must end bit-identical to the
+uninterrupted one: same MD steps and decisions, same labels, same chain weights, same
+calibration, same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from otfparsl import jsonable
+
+HERE = Path(__file__).parent
+TIMING_KEYS = {"wall_s", "seconds", "chains", "label_seconds", "label_reused"}
+
+# Chosen from the uninterrupted run's events (labels at MD steps 0, 11 and 16; updates 1-3;
+# checkpoints every 7 steps and after each label). Steps 9 and 30 fall between checkpoints.
+KILL_POINTS = [
+    "dft:label_00000",  # the very first DFT call: no checkpoint exists yet
+    "update:1:1",  # chain 0 has finished update 1, chain 1 is computing it
+    "step:9",  # between checkpoints (7 and 11)
+    "dft:label_00002",  # the third DFT call, at step 16
+    "update:3:2",  # chains 0 and 1 finished update 3, chain 2 is computing it
+    "step:30",  # between checkpoints in the second segment
+]
+
+
+def _session(run_dir: Path, model: str, kill: str = "") -> int:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "killable_run.py"), str(run_dir), model, kill],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"session failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.returncode
+
+
+def _events(run_dir: Path) -> list[dict]:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in events if e["event"] != "resume"]
+
+
+def _frames(path: Path) -> list[dict]:
+    out = []
+    for atoms in ase.io.read(path, ":"):
+        info = {k: v for k, v in atoms.info.items() if k not in TIMING_KEYS}
+        out.append({"positions": atoms.positions, "momenta": atoms.get_momenta(), "info": info,
+                    "energy": atoms.get_potential_energy(), "forces": atoms.get_forces()})  # fmt: skip
+    return out
+
+
+def _assert_same_frames(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for key in ("positions", "momenta", "forces"):
+            assert np.array_equal(x[key], y[key]), key
+        assert x["energy"] == y["energy"] and x["info"].keys() == y["info"].keys()
+        for key in x["info"]:
+            assert np.array_equal(x["info"][key], y["info"][key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cu_foundation_model) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    assert _session(run_dir, cu_foundation_model) == 0
+    labels = [e["step"] for e in _events(run_dir) if e["event"] == "label"]
+    assert labels == [0, 11, 16], "the kill points below were chosen for labels at steps 0, 11, 16"
+    return run_dir
+
+
+@pytest.mark.slow
+def test_killed_six_times_and_resumed_equals_the_uninterrupted_run(reference, cu_foundation_model, tmp_path):
+    run_dir = tmp_path / "run"
+    for kill in KILL_POINTS:
+        assert _session(run_dir, cu_foundation_model, kill) == -signal.SIGKILL, f"{kill} was not reached"
+    assert _session(run_dir, cu_foundation_model) == 0
+
+    resumes = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines()) if e["event"] == "resume"]
+    # the first two kills came before the first checkpoint (end of step 0): those sessions
+    # started over; a resume event of a session killed before its next checkpoint is cut away
+    assert [r["step"] for r in resumes] == [[7], [14], [28]]
+    assert _events(run_dir) == _events(reference)
+    _assert_same_frames(_frames(run_dir / "labels.extxyz"), _frames(reference / "labels.extxyz"))
+    _assert_same_frames(_frames(run_dir / "trajectory.extxyz"), _frames(reference / "trajectory.extxyz"))
+    for k in range(3):
+        mine = torch.load(run_dir / "chains" / f"chain_{k}.pt", weights_only=True)
+        theirs = torch.load(reference / "chains" / f"chain_{k}.pt", weights_only=True)
+        assert mine["n_updates"] == theirs["n_updates"] == 3
+        assert all(torch.equal(mine["weights"][n], theirs["weights"][n]) for n in theirs["weights"])
+        assert torch.equal(mine["data_rng_state"], theirs["data_rng_state"])
+    assert json.loads((run_dir / "calibration.json").read_text()) == json.loads((reference / "calibration.json").read_text())
+    final = jsonable.loads((run_dir / "checkpoint.json").read_text())
+    expected = jsonable.loads((reference / "checkpoint.json").read_text())
+    assert final["done"] and np.array_equal(final["walkers"][0]["md"]["atoms"]["positions"], expected["walkers"][0]["md"]["atoms"]["positions"])
+    # nothing paid for was computed twice: the DFT label killed midway was redone, the others reused
+    assert sorted(p.name for p in (run_dir / "dft").iterdir()) == sorted(p.name for p in (reference / "dft").iterdir())
+    assert (run_dir / "dft" / "label_00002" / "partial_output.txt").is_file()
