@@ -57,6 +57,10 @@ class BayesSettings(_Strict):
         0, description="Divisor of the spread of member means: 0 -> M, 1 -> M-1 (original code)."
     )
     seed: int = Field(0, description="Base seed; chain k uses seed + k.")
+    divergence_retries: int = Field(
+        2, ge=0, description="A chain that produces NaN/inf goes back to its previous sample and repeats "
+        "the update with half the step size, at most this many times; then the run stops.",
+    )
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> BayesSettings:

@@ -121,6 +121,8 @@ class ChainJob:
         The chain's update count after this update, or None. With it the update is idempotent:
         a chain file already at ``generation`` after the same inputs (a retried task whose first
         worker died after saving, a resumed run) is returned as is instead of being updated twice.
+    divergence_retries
+        Repeats of a diverged update (NaN/inf) with half the step size each time.
     """
 
     index: int
@@ -132,6 +134,7 @@ class ChainJob:
     energy_sigma_eV: float
     stress_sigma_eV_per_A3: float = STRESS_SIGMA_EV_PER_A3
     generation: int | None = None
+    divergence_retries: int = 1
 
 
 def update_chain_file(job: ChainJob) -> dict:
@@ -171,6 +174,7 @@ def update_chain_file(job: ChainJob) -> dict:
         energy_sigma_eV=job.energy_sigma_eV,
         stress_sigma_eV_per_A3=job.stress_sigma_eV_per_A3,
         compute_stress=periodic,
+        max_retries=job.divergence_retries,
     )
     result = {"chain": job.index, **asdict(stats)}
     _keep_previous(path)

@@ -230,7 +230,23 @@ class Chain:
             raise _Diverged("non-finite loss")
         if not all(bool(torch.isfinite(p).all()) for p in self._params):
             raise _Diverged("non-finite weights")
+        self._check_final_sample(dataset[-1], collate, n_data, energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress)
         return losses.tolist()
+
+    def _check_final_sample(self, newest, collate, n_data, energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress) -> None:
+        """The losses above were evaluated before each step: evaluate the final weights too.
+
+        A last step can leave finite weights whose predictions (e.g. an overflowing sigma)
+        are not; such a sample is a divergence. No random number is drawn here.
+        """
+        one = torch.ones(1, dtype=torch.float64)
+        loss = minibatch_objective(
+            self.model, self.prior, collate([newest]), one, 1, n_data,
+            energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress,
+        )  # fmt: skip
+        self.model.zero_grad(set_to_none=True)
+        if not bool(torch.isfinite(loss.detach())):
+            raise _Diverged("non-finite predictions of the final sample")
 
     def _loss(
         self,

@@ -168,9 +168,11 @@ def summarise_members(
     def spread(values: np.ndarray) -> np.ndarray:
         return np.var(values, axis=0, ddof=ddof)
 
-    energy_var = spread(energies) + energy_sigma_eV**2
-    forces = members["forces"]
-    forces_var = spread(forces) + np.mean(members["forces_sigma"] ** 2, axis=0)[:, None]
+    # a diverged sample can overflow here; the inf/nan results are what the caller checks
+    with np.errstate(over="ignore", invalid="ignore"):
+        energy_var = spread(energies) + energy_sigma_eV**2
+        forces = members["forces"]
+        forces_var = spread(forces) + np.mean(members["forces_sigma"] ** 2, axis=0)[:, None]
     results: dict[str, np.ndarray | float] = {
         "energy": float(energies.mean()),
         "free_energy": float(energies.mean()),

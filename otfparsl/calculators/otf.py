@@ -25,7 +25,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from otfparsl.calculators.ensemble import EnsembleCalculator, summarise_members
-from otfparsl.calibration import Calibrator
+from otfparsl.calibration import CalibrationRecord, Calibrator
 from otfparsl.data import LabelledDataset
 from otfparsl.errors import (
     ConfigurationError,
@@ -155,9 +155,13 @@ class Learner:
     def step(self, atoms: Atoms, step: int = 0, walker: int = 0) -> StepOutcome:
         """Predict; label, learn and return the DFT values when the prediction is not confident."""
         prediction = self.predict(atoms)
-        confidence = self.calibrator.confidence(
-            prediction["energy_std"], forces_std=prediction["forces_std"]
-        )
+        finite = _finite(prediction)
+        if finite:
+            confidence = self.calibrator.confidence(prediction["energy_std"], forces_std=prediction["forces_std"])
+        else:  # an overflowing sample: no confidence at all, DFT takes this step
+            confidence = 0.0
+            self._events({"event": "non_finite_prediction", "step": step, "walker": walker, "generation": self.generation})
+            log.warning("non-finite ensemble prediction at step %d: DFT takes the step", step)
         first = self.energy_offset_eV is None
         if not self.calibrator.needs_label(first, confidence):
             return StepOutcome(prediction, prediction, confidence, False, self.generation)
@@ -205,14 +209,7 @@ class Learner:
             e_dft = float(labelled.get_potential_energy())
             if self.energy_offset_eV is None:
                 self.energy_offset_eV = float(prediction["energy"]) - e_dft
-            record = self.calibrator.update(
-                predicted_energy=float(prediction["energy"]),
-                predicted_std=float(prediction["energy_std"]),
-                label_energy=e_dft + self.energy_offset_eV,
-                predicted_forces=prediction["forces"],
-                forces_std=prediction["forces_std"],
-                label_forces=labelled.get_forces(),
-            )
+            record = self._calibrate(labelled, prediction, e_dft) if _finite(prediction) else _uncalibrated(self.calibrator)
             _store_prediction(labelled, prediction, confidence, step, walker, self.generation)
             self.dataset.append(labelled)
             n_labels = len(self.dataset)
@@ -228,6 +225,16 @@ class Learner:
         )  # fmt: skip
         self._update_chains(n_labels)
         return record
+
+    def _calibrate(self, labelled: Atoms, prediction: dict, e_dft: float) -> CalibrationRecord:
+        return self.calibrator.update(
+                predicted_energy=float(prediction["energy"]),
+                predicted_std=float(prediction["energy_std"]),
+                label_energy=e_dft + self.energy_offset_eV,
+                predicted_forces=prediction["forces"],
+                forces_std=prediction["forces_std"],
+                label_forces=labelled.get_forces(),
+            )
 
     def _update_chains(self, n_labels: int) -> None:
         with self._update_lock:
@@ -248,6 +255,12 @@ class Learner:
             {"event": "update", "generation": self.generation, "n_labels": n_labels,
              "seconds": seconds, "chains": stats}
         )  # fmt: skip
+        for chain in stats:
+            if chain.get("n_retries"):
+                self._events(
+                    {"event": "chain_diverged", "generation": self.generation, "chain": chain.get("chain"),
+                     "retries": chain["n_retries"], "step_size": chain.get("step_size")}
+                )  # fmt: skip
 
     def release(self, walker: int) -> None:
         """Mark the MD step of ``walker`` as finished (its state can be checkpointed again)."""
@@ -355,6 +368,19 @@ class OnTheFlyCalculator(Calculator):
         self.results = dict(state["results"])
         last = state.get("last")
         self.last = StepOutcome(**last) if last is not None else None
+
+
+def _finite(prediction: dict) -> bool:
+    keys = ("energy", "energy_std", "forces", "forces_std")
+    return all(bool(np.all(np.isfinite(prediction[k]))) for k in keys if k in prediction)
+
+
+def _uncalibrated(calibrator: Calibrator) -> CalibrationRecord:
+    """The record of a label whose prediction was not finite: it does not enter the statistics."""
+    return CalibrationRecord(
+        intervention=calibrator.n_interventions, counted=False, z=float("nan"),
+        error_eV=float("nan"), exceeds_threshold=True,
+    )  # fmt: skip
 
 
 def _snapshot_outcome(outcome: StepOutcome | None) -> dict | None:

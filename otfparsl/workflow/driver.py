@@ -307,6 +307,7 @@ def _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_p
                 index=k, chain_path=str(path), labels_path=str(rd.labels), n_labels=n_labels,
                 model=spec, energy_offset_eV=learner.energy_offset_eV,
                 energy_sigma_eV=ensemble.energy_sigma_eV, generation=generation,
+                divergence_retries=settings.bayes.divergence_retries,
             )  # fmt: skip
             for k, path in enumerate(chain_paths)
         ]

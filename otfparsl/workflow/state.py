@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ class RunDirectory:
 
     def chain_files(self) -> list[Path]:
         """The chain files, in chain order."""
-        return sorted(self.chains.glob("chain_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        found = [p for p in self.chains.glob("chain_*.pt") if re.fullmatch(r"chain_\d+\.pt", p.name)]
+        return sorted(found, key=lambda p: int(p.stem.split("_")[1]))  # not .prev/.next copies
 
 
 class EventLog:
