@@ -2,9 +2,12 @@
 
 Prints, for each model on the same structure:
   * one ensemble prediction with M members vs one single-model forward (energy + forces), ratio;
-  * one chain update (default 2000 SGHMC steps, batch 5) on a small labelled data set.
+  * one chain update (default 2000 SGHMC steps, batch 5) on a small labelled data set, on each
+    device given with ``--device`` (e.g. ``--device cpu cuda`` for CPU and GPU side by side);
+    the forward and ensemble timings stay on the CPU.
 
 Usage: python benchmarks/bench_core.py [--model chgnet|mace-tiny] [--steps 2000] [--members 8]
+                                       [--device cpu [cuda ...]]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import copy
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -64,6 +68,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--device", nargs="+", default=["cpu"],
+                        help="torch device(s) of the chain update, e.g. cpu cuda (default: cpu)")
     args = parser.parse_args()
     torch.manual_seed(0)
     adapter = load_adapter(SPECS[args.model])
@@ -87,20 +93,41 @@ def main() -> None:
     print(f"ensemble of {args.members} (E+F+std)     : {t_ensemble * 1e3:8.2f} ms")
     print(f"ratio ensemble / single       : {t_ensemble / t_single:8.2f}  (ideal loop: {args.members})")
 
-    dataset = _labelled_set(adapter, 12)
+    dataset = _labelled_set(adapter, 12)  # prepared graphs are CPU tensors: valid on any device
     off = min(398, args.steps // 5)
     config = SGHMCConfig(n_steps=args.steps, batch_size=5, step_size=adapter.defaults.step_size,
                          noise_off_steps=off, noise_ramp_steps=min(100, args.steps // 10))
-    chain_model = build_bayesian_model(adapter, copy.deepcopy(adapter.core))
-    params = {n: p for n, p in chain_model.named_parameters() if p.requires_grad}
-    chain = Chain(chain_model, TransferPrior(params, adapter.defaults.sigma_tl), config, seed=0)
-    start = time.perf_counter()
-    stats = chain.update(dataset, adapter.collate, energy_sigma_eV=0.002,
-                         stress_sigma_eV_per_A3=1e-3, compute_stress=False)
-    t_update = time.perf_counter() - start
-    print(f"chain update ({args.steps} steps, batch 5, N={len(dataset)}): {t_update:8.2f} s "
-          f"= {t_update / args.steps * 1e3:.2f} ms/step; final loss {stats.final_loss:.4g}")
-    print(f"ratio chain update / single forward: {t_update / t_single:10.0f}")
+    times = {}
+    for device in args.device:
+        times[device] = _time_update(adapter, device, dataset, config)
+    for device, t_update in times.items():
+        print(f"ratio chain update ({device}) / single forward (cpu): {t_update / t_single:10.0f}")
+    if "cpu" in times:
+        for device, t_update in times.items():
+            if device != "cpu":
+                print(f"speed-up of the chain update on {device} vs cpu: {times['cpu'] / t_update:8.2f}x")
+
+
+def _time_update(adapter, device: str, dataset, config: SGHMCConfig) -> float:
+    """Time one chain update on ``device`` (after a 10-step warm-up); return seconds."""
+    dev_adapter = adapter if device == adapter.spec.device else load_adapter(replace(adapter.spec, device=device))
+    times = []
+    for n_steps in (min(10, config.n_steps), config.n_steps):
+        cfg = replace(config, n_steps=n_steps, noise_off_steps=min(config.noise_off_steps, n_steps))
+        chain_model = build_bayesian_model(dev_adapter, copy.deepcopy(dev_adapter.core))
+        params = {n: p for n, p in chain_model.named_parameters() if p.requires_grad}
+        chain = Chain(chain_model, TransferPrior(params, adapter.defaults.sigma_tl), cfg, seed=0)
+        start = time.perf_counter()
+        stats = chain.update(dataset, dev_adapter.collate, energy_sigma_eV=0.002,
+                             stress_sigma_eV_per_A3=1e-3, compute_stress=False)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    t_update = times[-1]
+    print(f"chain update on {device} ({config.n_steps} steps, batch 5, N={len(dataset)}): "
+          f"{t_update:8.2f} s = {t_update / config.n_steps * 1e3:.2f} ms/step; "
+          f"final loss {stats.final_loss:.4g}")
+    return t_update
 
 
 if __name__ == "__main__":

@@ -198,7 +198,9 @@ class Learner:
         if self.consecutive_failures >= self.max_consecutive_failures:
             raise TooManyLabelFailures(
                 f"{self.consecutive_failures} structures in a row could not be labelled; "
-                "the run stops here (resume it after fixing the DFT settings, see events.jsonl)"
+                "the run stops here. See the label_failed events in events.jsonl and the output in dft/, fix "
+                "the labeler section of the run directory's run.yaml (e.g. retries with more SCF "
+                "cycles), then `otfparsl resume RUN_DIR`"
             )
         return None
 

@@ -164,7 +164,7 @@ def resume(
     """Continue a run from its last checkpoint (``otfparsl resume RUN_DIR``).
 
     With one walker the continuation is the uninterrupted run, bit for bit, on the same
-    hardware and thread counts (see docs/method.md, "Resuming"). A run killed before its first
+    hardware and thread counts (README, "When things go wrong"). A run killed before its first
     checkpoint starts again from the beginning, reusing every DFT label already finished.
     """
     rd = RunDirectory(Path(run_dir))

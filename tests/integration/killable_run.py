@@ -84,6 +84,7 @@ def settings(model_path: str):
                 "seed": 5,
                 "trajectory_interval": 3,
                 "checkpoint_interval": 7,
+                "walkers": int(os.environ.get("OTFPARSL_TEST_WALKERS", "1")),
             },
         }
     )
@@ -99,7 +100,7 @@ def main(run_dir: str, model_path: str, kill: str = "") -> None:
         target = int(kill.split(":")[1])
 
         def on_step(info) -> None:
-            if info.step == target:
+            if info.step == target and info.walker == 0:
                 die()
 
     submitter = Submitter()

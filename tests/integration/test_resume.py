@@ -38,8 +38,9 @@ KILL_POINTS = [
 ]
 
 
-def _session(run_dir: Path, model: str, kill: str = "") -> int:
+def _session(run_dir: Path, model: str, kill: str = "", walkers: int = 1) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])}
+    env["OTFPARSL_TEST_WALKERS"] = str(walkers)
     proc = subprocess.run(
         [sys.executable, str(HERE / "killable_run.py"), str(run_dir), model, kill],
         env=env, capture_output=True, text=True, timeout=300,
@@ -109,3 +110,42 @@ def test_killed_six_times_and_resumed_equals_the_uninterrupted_run(reference, cu
     # nothing paid for was computed twice: the DFT label killed midway was redone, the others reused
     assert sorted(p.name for p in (run_dir / "dft").iterdir()) == sorted(p.name for p in (reference / "dft").iterdir())
     assert (run_dir / "dft" / "label_00002" / "partial_output.txt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_cli_on_a_finished_run_reports_it(reference, monkeypatch):
+    from typer.testing import CliRunner
+
+    from otfparsl.cli import app
+
+    monkeypatch.syspath_prepend(str(HERE))  # the run's labeller class lives in killable_run.py
+    before = (reference / "events.jsonl").read_bytes()
+    result = CliRunner().invoke(app, ["resume", str(reference)])
+    assert result.exit_code == 0, result.output
+    assert "dft_calls" in result.output and (reference / "events.jsonl").read_bytes() == before
+    missing = CliRunner().invoke(app, ["resume", str(reference.parent / "nothing")])
+    assert missing.exit_code == 2 and "holds no run" in missing.output
+
+
+@pytest.mark.slow
+def test_two_walkers_killed_and_resumed_lose_nothing_and_count_nothing_twice(cu_foundation_model, tmp_path):
+    run_dir = tmp_path / "run"
+    for kill in ("step:9", "step:22", "step:33"):
+        assert _session(run_dir, cu_foundation_model, kill, walkers=2) == -signal.SIGKILL, kill
+    assert _session(run_dir, cu_foundation_model, walkers=2) == 0
+
+    events = [e for e in _events(run_dir)]
+    for walker in (0, 1):
+        steps = [e["step"] for e in events if e["event"] == "step" and e["walker"] == walker]
+        assert steps == list(range(41)), f"walker {walker}: steps missing or repeated"
+    labels = [e for e in events if e["event"] == "label"]
+    written = ase.io.read(run_dir / "labels.extxyz", ":")
+    assert len(written) == len(labels) == labels[-1]["n_labels"]
+    keys = {(a.info["walker"], a.info["step"]) for a in written}
+    assert len(keys) == len(written)  # no structure labelled twice
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    assert calibration["n_interventions"] == len(labels)  # every label counted exactly once
+    updates = [e["generation"] for e in events if e["event"] == "update"]
+    assert updates == list(range(1, len(updates) + 1))
+    for k in range(3):
+        assert torch.load(run_dir / "chains" / f"chain_{k}.pt", weights_only=True)["n_updates"] == len(updates)
