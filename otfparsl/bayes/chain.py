@@ -301,7 +301,8 @@ class Chain:
         """Restore a chain written by :meth:`save` into ``model`` (same architecture).
 
         A loaded chain continues exactly as the uninterrupted one would have (bit-identical on
-        the same device type; on another device type the noise stream is reseeded).
+        the same device type; on another device type the noise stream is reseeded, except for a
+        chain never updated, whose stream starts as if it had been created on this device).
         """
         state = _read_chain_file(Path(path))
         model.load_trainable_state(state["weights"])
@@ -311,6 +312,8 @@ class Chain:
         chain._data_rng.set_state(state["data_rng_state"])
         if state["noise_rng_device"] == chain.device.type:
             chain._noise_rng.set_state(state["noise_rng_state"])
+        elif chain.n_updates == 0:
+            pass  # never updated: the constructor seeded the stream on this device, as if made here
         else:
             logger.warning(
                 "chain file %s was written on %s, loaded on %s: the noise stream is reseeded, "

@@ -3,8 +3,8 @@
 A tiny in-process MACE (float64) and rattled, strained 4-atom Cu cells labelled with EMT. The
 chain files are initialised on the CPU, as the orchestrator does, and updated with
 ``ModelSpec(device="cuda")``; the files they leave must be CPU files that a CPU ensemble reads.
-Short cycles (200 steps for the fit, 40 for continuation) keep the module at a few seconds on
-a GPU. Skips without CUDA.
+Short cycles (200 steps for the fit, 40 for continuation) keep the module at about a minute
+on an H100 (the tiny model is launch-bound there). Skips without CUDA.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +28,7 @@ import ase.io  # noqa: E402
 from ase.build import bulk  # noqa: E402
 from ase.calculators.emt import EMT  # noqa: E402
 
-from otfparsl.bayes.chain import Chain  # noqa: E402
+from otfparsl.bayes.chain import Chain, read_chain_header  # noqa: E402
 from otfparsl.bayes.sghmc import SGHMCConfig  # noqa: E402
 from otfparsl.calculators.ensemble import EnsembleCalculator  # noqa: E402
 from otfparsl.models.base import attach_labels  # noqa: E402
@@ -154,6 +157,7 @@ def test_cuda_continuation_is_bit_identical(run, deterministic):
     cuda = cached_adapter(run["cuda_spec"])
     data = [attach_labels(cuda.prepare(a), a, run["offset"]) for a in run["frames"]]
     args = (data, cuda.collate, ENERGY_SIGMA_EV, 1e-3, True)
+    _cuda_chain(run, path).update(*args)  # warm-up: every run below sees a warm process
 
     straight = _cuda_chain(run, path)
     straight.update(*args)
@@ -172,6 +176,42 @@ def test_cuda_continuation_is_bit_identical(run, deterministic):
     assert all(torch.equal(a[n], b[n]) for n in a)
     # the second update moved the weights (the comparison is not of two untouched states)
     assert any(not torch.equal(a[n], first.sample()[n]) for n in a)
+
+
+_RESUME_SCRIPT = """
+import pickle, sys, torch
+torch.use_deterministic_algorithms(True)
+from otfparsl.training import update_chain_file
+with open(sys.argv[1], "rb") as handle:
+    update_chain_file(pickle.load(handle))
+"""
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured on an H100 (2026-11-25): the first update of a fresh process differs from a "
+    "warm one by ~1e-15 even with deterministic kernels and torch.jit.optimized_execution(False); "
+    "e3nn's TorchScript profiling executor re-optimises after the first calls. Continuation is "
+    "bit-identical within one process and on CPU across processes (tests/integration/test_resume.py).",
+)
+def test_cuda_continuation_in_a_new_process_is_bit_identical(run, deterministic):
+    """A resumed run updates its chains in a fresh worker process, not in a warm one."""
+    (path,) = run["chain_files"]("new_process", SHORT)
+    update_chain_file(run["job"](path))  # warm-up, and the file a resumed run starts from
+    resumed = path.with_name("resumed.pt")
+    shutil.copyfile(path, resumed)
+    update_chain_file(run["job"](path))  # the uninterrupted chain, in this (warm) process
+
+    job_file = path.with_name("job.pkl")
+    job_file.write_bytes(pickle.dumps(run["job"](resumed)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(job_file)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a, b = load_samples([path, resumed])
+    assert read_chain_header(resumed)["n_updates"] == read_chain_header(path)["n_updates"] == 2
+    assert all(torch.equal(a[n], b[n]) for n in a), max(float((a[n] - b[n]).abs().max()) for n in a)
 
 
 def test_cuda_file_continues_on_cpu_with_reseeded_noise(run, caplog):
