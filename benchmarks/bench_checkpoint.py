@@ -14,14 +14,13 @@ Usage: python benchmarks/bench_checkpoint.py [--repeats 20] [--interventions 500
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from ase.build import bulk, molecule
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from bench_core import _timeit  # same timing rule as the core benchmark
 
 from otfparsl import jsonable
 from otfparsl.calculators.ensemble import EnsembleCalculator
@@ -32,16 +31,6 @@ from otfparsl.md.state import capture_md_state
 from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelSpec
 from otfparsl.training import build_bayesian_model
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _calibrator(n: int) -> Calibrator:
@@ -68,9 +57,9 @@ def measure(name: str, atoms, ensemble: EnsembleCalculator, calibrator: Calibrat
         state = {"walkers": [snap], "calibration": calibrator.to_dict(), "learner": {"generation": 3}}
         atomic_write_text(folder / "checkpoint.json", jsonable.dumps(state))
 
-    t_snap = _median_s(snapshot, repeats)
-    t_commit = _median_s(commit, repeats)
-    t_step = _median_s(lambda: dyn.run(1), max(3, repeats // 4))
+    t_snap = _timeit(snapshot, repeats)
+    t_commit = _timeit(commit, repeats)
+    t_step = _timeit(lambda: dyn.run(1), max(3, repeats // 4))
     size_kb = (folder / "checkpoint.json").stat().st_size / 1024
     print(
         f"{name:>22s}: snapshot {t_snap * 1e3:8.3f} ms   commit {t_commit * 1e3:8.2f} ms ({size_kb:7.0f} KiB)   "

@@ -231,3 +231,25 @@ def pretrain_on_reference(
         optimiser.step()
         rmse = float(force_mse.detach().sqrt())
     return rmse
+
+
+def emt_copper_frames(n_frames: int = 16, seed: int = 0, stress: bool = False) -> list[Atoms]:
+    """Rattled (0.08 Å) and strained (±3 %) 4-atom Cu cells labelled with EMT.
+
+    The reference data of the tiny-MACE "foundation" in tests and benchmarks; ``stress=True``
+    also computes the EMT stress.
+    """
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n_frames):
+        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        if stress:
+            atoms.get_stress()
+        frames.append(atoms)
+    return frames

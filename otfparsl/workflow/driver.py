@@ -272,12 +272,11 @@ def _run(
     if checkpoint is not None:
         learner.load_state_dict(checkpoint["learner"])
         events.write({"event": "resume", "step": [w["step"] for w in checkpoint["walkers"]], "generation": learner.generation})
+    starts = {w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None
     checkpointer = Checkpointer(
         rd, learner, calibrator, events, counter, settings.md.checkpoint_interval,
-        walkers={w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None,
-        wall_s=checkpoint["wall_s"] if checkpoint else 0.0,
+        walkers=starts, wall_s=checkpoint["wall_s"] if checkpoint else 0.0,
     )  # fmt: skip
-    starts = {w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None
     try:
         n_steps = run_walkers(settings, atoms, learner, rd, events.write, on_step, checkpointer, starts)
         checkpointer.commit(done=True)

@@ -25,13 +25,12 @@ import torch
 pytest.importorskip("mace")
 
 import ase.io  # noqa: E402
-from ase.build import bulk  # noqa: E402
-from ase.calculators.emt import EMT  # noqa: E402
 
 from otfparsl.bayes.chain import Chain, read_chain_header  # noqa: E402
 from otfparsl.bayes.sghmc import SGHMCConfig  # noqa: E402
 from otfparsl.calculators.ensemble import EnsembleCalculator  # noqa: E402
 from otfparsl.models.base import attach_labels  # noqa: E402
+from otfparsl.testing import emt_copper_frames  # noqa: E402
 from otfparsl.training import (  # noqa: E402
     ChainJob,
     build_bayesian_model,
@@ -55,25 +54,11 @@ FIT = SGHMCConfig(n_steps=200, batch_size=5, step_size=1e-3, noise_off_steps=40,
 SHORT = SGHMCConfig(n_steps=40, batch_size=5, step_size=1e-3, noise_off_steps=10, noise_ramp_steps=5)
 
 
-def emt_copper_frames(n_frames: int = N_FRAMES, seed: int = 0):
-    """Rattled (0.08 Å) and strained (±3 %) 4-atom Cu cells with EMT energy, forces, stress."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
-        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_forces()
-        atoms.get_stress()
-        frames.append(atoms)
-    return frames
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_mace_spec, tiny_mace_adapter):
     """Labels file, energy offset, CPU/CUDA adapters and a chain-file factory (CPU init)."""
     root = tmp_path_factory.mktemp("gpu_chains")
-    frames = emt_copper_frames()
+    frames = emt_copper_frames(N_FRAMES, stress=True)
     labels = root / "labels.extxyz"
     ase.io.write(labels, frames, format="extxyz")
     frames = list(ase.io.read(labels, index=":"))  # what a chain task sees

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
 from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelSpec
-from otfparsl.testing import pretrain_on_reference
-
-
-def emt_copper_frames(n_frames: int = 16, seed: int = 0):
-    """Rattled and strained 4-atom Cu cells labelled with EMT."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n_frames):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.03, 0.03)), cubic=True)
-        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_forces()
-        frames.append(atoms)
-    return frames
+from otfparsl.testing import emt_copper_frames, pretrain_on_reference
 
 
 @pytest.fixture(scope="session")
