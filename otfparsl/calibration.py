@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from otfparsl.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -129,8 +129,11 @@ class CalibrationRecord:
     ----------
     intervention
         1-based index of the intervention.
+    step
+        MD step (force evaluation of its walker, 0-based) at which it was made.
     counted
-        Whether its statistics entered (S, n) (False for the first ``skip_first``).
+        Whether its statistics entered (S, n) (False for interventions at the first
+        ``skip_first_steps`` MD steps of a walker).
     z
         ``(E_label - E_pred) / energy_std``.
     error_eV
@@ -146,6 +149,7 @@ class CalibrationRecord:
     """
 
     intervention: int
+    step: int
     counted: bool
     z: float
     error_eV: float
@@ -171,8 +175,11 @@ class Calibrator:
         Shape and rate of the Gamma prior on lambda (MACE 1.5/10, NequIP 3/10).
     confidence_level
         DFT is called when the confidence is below this (0.95).
-    skip_first
-        Number of initial interventions whose statistics are not counted (2).
+    skip_first_steps
+        Interventions made at MD steps ``0 .. skip_first_steps - 1`` of a walker are not
+        counted (3: the original's ``NNP.recalibrate`` counts only when its force-call counter
+        is ``> 2``, so the first label, whose error is 0 by construction of the offset, and any
+        label at steps 1-2 are left out; every later intervention counts wherever it falls).
     ema_decay
         None (plain sums) or d in (0, 1): discount factor of the statistics (module notes).
     force_threshold_eV_per_A
@@ -193,7 +200,7 @@ class Calibrator:
     a: float = 1.5
     b: float = 10.0
     confidence_level: float = 0.95
-    skip_first: int = 2
+    skip_first_steps: int = 3
     ema_decay: float | None = None
     force_threshold_eV_per_A: float | None = None
     force_a: float = 1.5
@@ -205,7 +212,6 @@ class Calibrator:
     n_interventions: int = 0
     force_S: float = 0.0
     force_n: float = 0.0
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         _check_positive("energy_threshold_eV", self.energy_threshold_eV)
@@ -216,9 +222,11 @@ class Calibrator:
             raise ConfigurationError(
                 f"confidence_level must be in (0, 1); got {self.confidence_level!r}.{hint}"
             )
-        if not isinstance(self.skip_first, int) or self.skip_first < 0:
+        if not isinstance(self.skip_first_steps, int) or self.skip_first_steps < 1:
             raise ConfigurationError(
-                f"skip_first must be an integer >= 0; got {self.skip_first!r} (default 2)."
+                f"skip_first_steps must be an integer >= 1; got {self.skip_first_steps!r} "
+                "(default 3, as the original; step 0 is the first label, whose error is 0 by "
+                "construction of the energy offset, so it can never count)."
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ConfigurationError(
@@ -312,6 +320,7 @@ class Calibrator:
 
     def update(
         self,
+        step: int,
         predicted_energy: float,
         predicted_std: float,
         label_energy: float,
@@ -319,10 +328,12 @@ class Calibrator:
         forces_std: Any = None,
         label_forces: Any = None,
     ) -> CalibrationRecord:
-        """Count one intervention and, after the first ``skip_first``, add its z-scores.
+        """Count one intervention; add its z-scores unless it is at an excluded step.
 
         Parameters
         ----------
+        step
+            MD step (0-based force evaluation of the walker) of the intervention.
         predicted_energy, predicted_std
             Ensemble mean and std of the total energy before the update (eV).
         label_energy
@@ -333,11 +344,11 @@ class Calibrator:
         Returns
         -------
         CalibrationRecord
-            z, error and threshold flags of this intervention (also kept in ``history``).
+            z, error and threshold flags of this intervention (the run logs it as an event).
         """
         std = float(_check_std("predicted_std", predicted_std))
         self.n_interventions += 1
-        counted = self.n_interventions > self.skip_first
+        counted = int(step) >= self.skip_first_steps
         z = (float(label_energy) - float(predicted_energy)) / std
         error = float(predicted_energy) - float(label_energy)
         force_info = self._force_update(predicted_forces, forces_std, label_forces, counted)
@@ -347,13 +358,13 @@ class Calibrator:
             self.n_total += 1
         record = CalibrationRecord(
             intervention=self.n_interventions,
+            step=int(step),
             counted=counted,
             z=z,
             error_eV=error,
             exceeds_threshold=abs(error) > self.energy_threshold_eV,
             **force_info,
         )
-        self.history.append(record.to_dict())
         logger.debug("calibration update %s", record)
         return record
 

@@ -116,19 +116,36 @@ def resume(
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
 ) -> None:
     """Continue an interrupted run from its last checkpoint (RUN_DIR/checkpoint.json)."""
-    from otfparsl.settings import RunSettings
     from otfparsl.workflow.driver import resume as resume_otf
 
     with _user_errors():
-        settings_path = run_dir / "run.yaml"
-        if not settings_path.is_file():
-            from otfparsl.errors import ConfigurationError
-
-            raise ConfigurationError(f"{str(run_dir)!r} holds no run (no run.yaml); start one with `otfparsl run RUN.yaml`")
-        settings = RunSettings.from_yaml(settings_path)
+        settings = _saved_settings(run_dir)
         with _submitter(site, site_option or [], run_dir) as submitter, _progress(settings) as on_step:
             result = resume_otf(run_dir, submitter=submitter, on_step=on_step)
     _print_summary(result.as_dict())
+
+
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    frames: Annotated[int, typer.Option(help="Held-out (never labelled) trajectory frames to label with DFT.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the frame selection.")] = 0,
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
+) -> None:
+    """Measure a run's real accuracy: DFT on held-out frames vs what the run predicted there."""
+    from otfparsl.audit import audit_run
+    from otfparsl.workflow.tasks import label_structure
+
+    with _user_errors():
+        settings = _saved_settings(run_dir)
+        kind, options = settings.labeler.kind, settings.labeler.attempt_options(0)
+        with _submitter(site, site_option or [], run_dir) as submitter:
+            result = audit_run(
+                run_dir, lambda atoms, workdir: submitter.submit("dft", label_structure, atoms, kind, options, workdir),
+                n_frames=frames, seed=seed,
+            )
+    _print_audit(result)
 
 
 @app.command()
@@ -155,6 +172,16 @@ def sites_check(
         reports = check_site(site, run_dir, parse_site_options(site_option or []), timeout_s=timeout_s)
     for line in format_report(reports):
         typer.echo(line)
+
+
+def _saved_settings(run_dir: Path):
+    """The settings of the run in ``run_dir`` (its run.yaml), or a one-line error."""
+    from otfparsl.errors import ConfigurationError
+    from otfparsl.settings import RunSettings
+
+    if not (run_dir / "run.yaml").is_file():
+        raise ConfigurationError(f"{str(run_dir)!r} holds no run (no run.yaml); start one with `otfparsl run RUN.yaml`")
+    return RunSettings.from_yaml(run_dir / "run.yaml")
 
 
 @contextlib.contextmanager
@@ -196,11 +223,54 @@ def _progress(settings):
         yield on_step
 
 
+def _print_audit(result: dict) -> None:
+    from rich.table import Table
+
+    k = result["threshold_eV"]
+    table = Table(title=f"otfparsl audit: {result['predictions']['recorded']['n_frames']} held-out frames vs DFT (K = {k:.4g} eV)")
+    for column in ("prediction", "E RMSE (eV)", "E MAE (eV)", "max |E err| (eV)", "F RMSE (eV/Å)", "above K (95% CI)",
+                   "rms z", "coverage 95%", "MLL", "AUC(std)"):  # fmt: skip
+        table.add_column(column)
+    for name, m in result["predictions"].items():
+        low, high = m["fraction_above_threshold_ci95"]
+        auc = m.get("auc_roc_std")
+        table.add_row(
+            {"recorded": "during the run", "final": "final ensemble", "pretrained": "pretrained"}[name],
+            f"{m['energy_rmse_eV']:.4f}", f"{m['energy_mae_eV']:.4f}", f"{m['energy_max_abs_error_eV']:.4f}",
+            f"{m['forces_rmse_eV_per_A']:.4f}",
+            f"{m['n_above_threshold']} of {m['n_frames']} ({low:.2f}-{high:.2f})",
+            _opt(m.get("rms_z_calibrated"), "{:.2f}"), _opt(m.get("coverage_95"), "{:.2f}"),
+            _opt(m.get("mll_student_t"), "{:.2f}"), "n/a" if auc is None and "auc_roc_std" in m else _opt(auc, "{:.2f}"),
+        )
+    Console().print(table)
+    rec = result["predictions"]["recorded"]
+    promise = 1.0 - result["confidence_level"]
+    verdict = "kept" if rec["fraction_above_threshold"] <= promise else "NOT kept"
+    Console().print(
+        f"The run promised P(|error| > K) < {promise:.0%} on every step it did not label; on held-out frames "
+        f"{rec['n_above_threshold']} of {rec['n_frames']} were above K: promise {verdict}. "
+        f"rms z is the error over the calibrated scale the run used (1 = honest). Written: {result['run_dir']}/audit/"
+    )
+
+
+def _opt(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title="otfparsl run", show_header=False)
+    checked = summary["interventions_checked"]
+    low, high = summary["fraction_above_threshold_ci95"]
     for key, value in summary.items():
+        if key == "fraction_above_threshold_ci95":
+            continue
+        if key == "fraction_above_threshold":
+            value = (
+                f"{summary['interventions_above_threshold']} of {checked} checked interventions "
+                f"(95% CI {low:.2f}-{high:.2f}); not a held-out measure" if checked else "no intervention checked yet"
+            )
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     Console().print(table)
 

@@ -54,7 +54,8 @@ class BayesSettings(_Strict):
         "unbiased", description="Minibatch rule for the newest structure (original = biased rule of the paper's code)."
     )
     variance_ddof: Literal[0, 1] = Field(
-        0, description="Divisor of the spread of member means: 0 -> M, 1 -> M-1 (original code)."
+        1, description="Divisor of the spread of member means: 1 -> M-1 (default, the original's "
+        "torch.var), 0 -> M.",
     )
     seed: int = Field(0, description="Base seed; chain k uses seed + k.")
     divergence_retries: int = Field(
@@ -81,7 +82,10 @@ class CalibrationSettings(_Strict):
     confidence: float = Field(0.95, description="Call DFT when P(|error| <= K) falls below this.")
     gamma_shape: float | None = Field(None, gt=0, description="a of the Gamma prior; None: family default.")
     gamma_rate: float | None = Field(None, gt=0, description="b of the Gamma prior; None: family default.")
-    skip_first: int = Field(2, ge=0, description="Interventions excluded from the statistics.")
+    skip_first_steps: int = Field(
+        3, ge=1, description="Interventions at the first N MD steps of a walker (step 0: the first "
+        "label) do not enter the statistics; later ones all count (the original's rule, force calls > 2).",
+    )
     ema_decay: float | None = Field(
         None, description="Exponential moving average of z^2 (0 < decay < 1) for drifting miscalibration."
     )

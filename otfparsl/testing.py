@@ -12,11 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from ase.calculators.mixing import SumCalculator
 
 from otfparsl.bayes.types import Prediction
 from otfparsl.models.base import ModelAdapter
 
 __all__ = [
+    "PerturbedEMT",
     "check_batched_equals_single",
     "check_forces_are_gradient",
     "check_rotation_invariance_of_features",
@@ -253,3 +255,29 @@ def emt_copper_frames(n_frames: int = 16, seed: int = 0, stress: bool = False) -
             atoms.get_stress()
         frames.append(atoms)
     return frames
+
+
+class PerturbedEMT(SumCalculator):
+    """EMT plus a weak Lennard-Jones term: a "DFT" that the EMT-fitted tiny MACE does not know.
+
+    The reference of the truth tests: the foundation (a tiny MACE fitted to EMT copper) is close
+    to it but not equal, as MACE-MP-0 is to a real DFT setting, so on-the-fly fine-tuning has
+    something to learn and the audit something to find. Use it as the ``ase`` labeller
+    ``{name: "otfparsl.testing:PerturbedEMT", kwargs: {epsilon_eV: 0.05}}``.
+
+    Parameters
+    ----------
+    epsilon_eV
+        Depth of the added Lennard-Jones well, eV.
+    sigma_A
+        Lennard-Jones sigma, Å (the minimum sits at 2^(1/6) sigma).
+    directory
+        Accepted as every ASE calculator's; nothing is written.
+    """
+
+    def __init__(self, epsilon_eV: float = 0.05, sigma_A: float = 2.3, directory: str = ".") -> None:
+        from ase.calculators.emt import EMT
+        from ase.calculators.lj import LennardJones
+
+        lj = LennardJones(epsilon=epsilon_eV, sigma=sigma_A, rc=3 * sigma_A, smooth=True)
+        super().__init__([EMT(), lj])

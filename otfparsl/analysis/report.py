@@ -38,11 +38,88 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "traces.png": _plot_traces(steps),
         "timings.png": _plot_timings(labels, updates),
     }
+    audit = _read_audit(rd)
+    if audit is not None:
+        figures.update(
+            {
+                "audit_reliability.png": _plot_reliability(audit),
+                "audit_error_vs_std.png": _plot_error_vs_scale(audit),
+                "audit_errors_time.png": _plot_audit_errors(audit),
+            }
+        )
     for name, fig in figures.items():
         fig.savefig(rd.report / name, dpi=110, bbox_inches="tight")
     index = rd.report / "index.html"
-    index.write_text(_html(rd, figures, labels, threshold))
+    index.write_text(_html(rd, figures, labels, threshold, audit))
     return index
+
+
+def _read_audit(rd: RunDirectory) -> dict | None:
+    path = rd.audit / "audit.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+_AUDIT_NAMES = {"recorded": "during the run", "final": "final ensemble", "pretrained": "pretrained model"}
+
+
+def _plot_reliability(audit: dict):
+    fig, ax = _figure()
+    for name in ("recorded", "final"):
+        curve = audit["predictions"][name].get("reliability", {})
+        levels = np.array([float(k) for k in curve])
+        ax[0, 0].plot(levels, list(curve.values()), "o-", label=_AUDIT_NAMES[name])
+    ax[0, 0].plot([0, 1], [0, 1], "k:", label="ideal")
+    n = audit["predictions"]["recorded"]["n_frames"]
+    ax[0, 0].set(xlabel="nominal coverage of the predicted interval", ylabel="observed coverage",
+                 title=f"Reliability on {n} held-out frames (calibrated Student-t)")  # fmt: skip
+    ax[0, 0].legend(fontsize=8)
+    return fig
+
+
+def _plot_error_vs_scale(audit: dict):
+    fig, ax = _figure()
+    k = audit["threshold_eV"]
+    for name in ("recorded", "final"):
+        rows = [f[name] for f in audit["frames"]]
+        ax[0, 0].loglog([r["energy_scale_eV"] for r in rows], [abs(r["error_eV"]) for r in rows], "o",
+                        label=_AUDIT_NAMES[name])  # fmt: skip
+    ax[0, 0].axhline(k, color="red", ls="--", label=f"K = {k:.4g} eV")
+    lim = np.array(ax[0, 0].get_xlim())
+    ax[0, 0].plot(lim, 1.96 * lim, "k:", label="|error| = 1.96 x scale")
+    ax[0, 0].set(xlabel="predicted scale (eV)", ylabel="|error| vs DFT (eV)", title="Held-out error vs predicted uncertainty")
+    ax[0, 0].legend(fontsize=8)
+    return fig
+
+
+def _plot_audit_errors(audit: dict):
+    fig, ax = _figure()
+    k = audit["threshold_eV"]
+    t = [f["time_fs"] for f in audit["frames"]]
+    for name, marker in zip(_AUDIT_NAMES, "os^", strict=True):
+        ax[0, 0].semilogy(t, [max(abs(f[name]["error_eV"]), 1e-6) for f in audit["frames"]], marker,
+                          label=_AUDIT_NAMES[name], alpha=0.8)  # fmt: skip
+    ax[0, 0].axhline(k, color="red", ls="--", label=f"K = {k:.4g} eV")
+    ax[0, 0].set(xlabel="MD time (fs)", ylabel="|error| vs DFT (eV)", title="Held-out |error| over the run")
+    ax[0, 0].legend(fontsize=8)
+    return fig
+
+
+def _audit_html(audit: dict | None) -> str:
+    if audit is None:
+        return ("<h2>Held-out audit</h2><p><b>Not audited.</b> The numbers above rest on the run's own "
+                "interventions only; run <code>otfparsl audit RUN_DIR</code> to measure the accuracy on "
+                "frames the run never labelled.</p>")  # fmt: skip
+    head = "<tr><th>prediction</th><th>frames</th><th>above K</th><th>95% CI</th><th>E RMSE (eV)</th><th>F RMSE (eV/Å)</th><th>rms z</th><th>coverage 95%</th><th>AUC(std)</th></tr>"
+    rows = ""
+    for name, m in audit["predictions"].items():
+        low, high = m["fraction_above_threshold_ci95"]
+        rows += (
+            f"<tr><td>{_AUDIT_NAMES[name]}</td><td>{m['n_frames']}</td><td>{m['n_above_threshold']}</td>"
+            f"<td>{low:.2f}-{high:.2f}</td><td>{m['energy_rmse_eV']:.4g}</td><td>{m['forces_rmse_eV_per_A']:.4g}</td>"
+            f"<td>{_fmt(m.get('rms_z_calibrated', '-'))}</td><td>{_fmt(m.get('coverage_95', '-'))}</td>"
+            f"<td>{_fmt(m.get('auc_roc_std', '-'))}</td></tr>"
+        )
+    return f"<h2>Held-out audit against DFT</h2><table border=1>{head}{rows}</table>"
 
 
 def _threshold(rd: RunDirectory) -> float:
@@ -80,7 +157,10 @@ def _plot_errors(labels: list[dict], threshold: float):
         ax[0, 0].semilogy(idx, err, "o", label="|predicted - DFT| energy")
         ax[0, 0].semilogy(idx, 1.96 * std, "_", ms=12, label="1.96 x predicted std")
     ax[0, 0].axhline(threshold, color="red", ls="--", label=f"K = {threshold:.4g} eV")
-    ax[0, 0].set(xlabel="intervention", ylabel="energy error (eV)", title="Error at each DFT call")
+    checked = labels[1:]  # the first label fixes the offset: its error is 0 by construction
+    above = sum(bool(lb["exceeds_threshold"]) for lb in checked)
+    title = f"Error at each DFT call: {above} of {len(checked)} checked interventions above K"
+    ax[0, 0].set(xlabel="intervention", ylabel="energy error (eV)", title=title)
     ax[0, 0].legend(fontsize=8)
     return fig
 
@@ -125,7 +205,7 @@ def _plot_timings(labels: list[dict], updates: list[dict]):
     return fig
 
 
-def _html(rd: RunDirectory, figures: dict, labels: list[dict], threshold: float) -> str:
+def _html(rd: RunDirectory, figures: dict, labels: list[dict], threshold: float, audit: dict | None) -> str:
     summary = json.loads(rd.summary.read_text()) if rd.summary.is_file() else {"status": "running or stopped"}
     rows = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in summary.items()
@@ -140,7 +220,7 @@ def _html(rd: RunDirectory, figures: dict, labels: list[dict], threshold: float)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>otfparsl report</title></head><body>"
         f"<h1>otfparsl run {html.escape(rd.path.name)}</h1><p>Threshold K = {threshold:.5g} eV</p>"
-        f"<table border=1>{rows}</table>{images}<h2>Interventions</h2><table border=1>"
+        f"<table border=1>{rows}</table>{_audit_html(audit)}{images}<h2>Interventions</h2><table border=1>"
         "<tr><th>#</th><th>step</th><th>walker</th><th>error (eV)</th><th>std (eV)</th>"
         f"<th>confidence</th><th>DFT s</th></tr>{label_rows}</table></body></html>"
     )

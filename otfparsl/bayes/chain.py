@@ -213,7 +213,7 @@ class Chain:
         full_batch = collate(list(dataset)) if n_data <= cfg.batch_size else None
         for i in range(cfg.n_steps):
             loss = self._loss(
-                i, dataset, collate, full_batch, energy_sigma_eV, stress_sigma_eV_per_A3,
+                dataset, collate, full_batch, energy_sigma_eV, stress_sigma_eV_per_A3,
                 compute_stress,
             )
             loss.backward()
@@ -250,7 +250,6 @@ class Chain:
 
     def _loss(
         self,
-        i: int,
         dataset: Sequence[Any],
         collate: Callable[[Sequence[Any]], Batch],
         full_batch: Batch | None,
@@ -264,8 +263,6 @@ class Chain:
         idx, w = sample_minibatch(n_data, cfg.batch_size, self._data_rng, cfg.priority)
         unique, inverse = torch.unique(idx, return_inverse=True)
         weights = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, w)
-        if cfg.priority == "original" and i <= cfg.noise_off_steps:
-            weights = torch.ones_like(weights)  # the original ignores weights while burning in
         batch = full_batch if full_batch is not None else collate(
             [dataset[k] for k in unique.tolist()]
         )

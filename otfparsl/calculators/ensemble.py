@@ -40,7 +40,8 @@ class EnsembleCalculator(Calculator):
     stress_sigma_eV_per_A3
         Fixed stress noise sigma_S, eV/Å^3.
     variance_ddof
-        Divisor of the spread of member means: 0 -> M (default), 1 -> M - 1 (original code).
+        Divisor of the spread of member means: 1 -> M - 1 (default, the original's
+        ``torch.var``), 0 -> M.
 
     Notes
     -----
@@ -64,7 +65,7 @@ class EnsembleCalculator(Calculator):
         samples: Sequence[Sample],
         energy_sigma_eV: float,
         stress_sigma_eV_per_A3: float = STRESS_SIGMA_EV_PER_A3,
-        variance_ddof: int = 0,
+        variance_ddof: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -142,7 +143,7 @@ def summarise_members(
     members: dict[str, np.ndarray],
     energy_sigma_eV: float,
     stress_sigma_eV_per_A3: float,
-    variance_ddof: int = 0,
+    variance_ddof: int = 1,
 ) -> dict[str, np.ndarray | float]:
     """Turn per-member predictions into the calculator's results (method.md section 4).
 
@@ -153,7 +154,8 @@ def summarise_members(
     energy_sigma_eV, stress_sigma_eV_per_A3
         Fixed noise sigmas of the likelihood.
     variance_ddof
-        0: spread with divisor M; 1: divisor M - 1 (original code). With M = 1 the spread is 0.
+        1: spread with divisor M - 1 (default, the original code); 0: divisor M. With M = 1
+        the spread is 0.
 
     Returns
     -------

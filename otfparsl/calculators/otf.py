@@ -70,6 +70,8 @@ class StepOutcome:
     generation: int
     label_failed: bool = False
     record: dict = field(default_factory=dict)
+    energy_scale_eV: float = float("nan")
+    dof: float = float("nan")
 
 
 class Learner:
@@ -162,19 +164,22 @@ class Learner:
             confidence = 0.0
             self._events({"event": "non_finite_prediction", "step": step, "walker": walker, "generation": self.generation})
             log.warning("non-finite ensemble prediction at step %d: DFT takes the step", step)
+        # the calibrated predictive of this step's energy error (Student-t), kept for the audit
+        claim = {"energy_scale_eV": float(prediction["energy_std"]) * self.calibrator.scale_factor,
+                 "dof": self.calibrator.nu}  # fmt: skip
         first = self.energy_offset_eV is None
         if not self.calibrator.needs_label(first, confidence):
-            return StepOutcome(prediction, prediction, confidence, False, self.generation)
+            return StepOutcome(prediction, prediction, confidence, False, self.generation, **claim)
         with self._data_lock:
             self.busy.add(walker)
         labelled = self._label_with_retries(atoms, step, walker)
         if labelled is None:
             return StepOutcome(
-                prediction, prediction, confidence, True, self.generation, label_failed=True
+                prediction, prediction, confidence, True, self.generation, label_failed=True, **claim
             )
         record = self._learn(labelled, prediction, confidence, step, walker)
         return StepOutcome(
-            self._dft_results(labelled), prediction, confidence, True, self.generation, record=record
+            self._dft_results(labelled), prediction, confidence, True, self.generation, record=record, **claim
         )
 
     def _label_with_retries(self, atoms: Atoms, step: int, walker: int) -> Atoms | None:
@@ -211,7 +216,7 @@ class Learner:
             e_dft = float(labelled.get_potential_energy())
             if self.energy_offset_eV is None:
                 self.energy_offset_eV = float(prediction["energy"]) - e_dft
-            record = self._calibrate(labelled, prediction, e_dft) if _finite(prediction) else _uncalibrated(self.calibrator)
+            record = self._calibrate(labelled, prediction, e_dft, step) if _finite(prediction) else _uncalibrated(self.calibrator, step)
             _store_prediction(labelled, prediction, confidence, step, walker, self.generation)
             self.dataset.append(labelled)
             n_labels = len(self.dataset)
@@ -228,8 +233,9 @@ class Learner:
         self._update_chains(n_labels)
         return record
 
-    def _calibrate(self, labelled: Atoms, prediction: dict, e_dft: float) -> CalibrationRecord:
+    def _calibrate(self, labelled: Atoms, prediction: dict, e_dft: float, step: int) -> CalibrationRecord:
         return self.calibrator.update(
+                step=step,
                 predicted_energy=float(prediction["energy"]),
                 predicted_std=float(prediction["energy_std"]),
                 label_energy=e_dft + self.energy_offset_eV,
@@ -377,10 +383,10 @@ def _finite(prediction: dict) -> bool:
     return all(bool(np.all(np.isfinite(prediction[k]))) for k in keys if k in prediction)
 
 
-def _uncalibrated(calibrator: Calibrator) -> CalibrationRecord:
+def _uncalibrated(calibrator: Calibrator, step: int) -> CalibrationRecord:
     """The record of a label whose prediction was not finite: it does not enter the statistics."""
     return CalibrationRecord(
-        intervention=calibrator.n_interventions, counted=False, z=float("nan"),
+        intervention=calibrator.n_interventions, step=int(step), counted=False, z=float("nan"),
         error_eV=float("nan"), exceeds_threshold=True,
     )  # fmt: skip
 
@@ -392,7 +398,7 @@ def _snapshot_outcome(outcome: StepOutcome | None) -> dict | None:
         "results": outcome.results, "prediction": outcome.prediction,
         "confidence": outcome.confidence, "intervened": outcome.intervened,
         "generation": outcome.generation, "label_failed": outcome.label_failed,
-        "record": outcome.record,
+        "record": outcome.record, "energy_scale_eV": outcome.energy_scale_eV, "dof": outcome.dof,
     }  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ase import Atoms
 
+from otfparsl.analysis.metrics import binomial_interval
 from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calculators.otf import Learner
@@ -60,16 +61,24 @@ class RunResult:
         return {
             "run_dir": str(self.run_dir), "n_steps": self.n_steps, "dft_calls": self.dft_calls,
             "label_failures": self.label_failures,
+            "interventions_checked": self.interventions_checked,
             "interventions_above_threshold": self.interventions_above_threshold,
-            "fraction_above_threshold": self.fraction_above_threshold, "wall_s": self.wall_s,
-            **self.timers,
+            "fraction_above_threshold": self.fraction_above_threshold,
+            "fraction_above_threshold_ci95": list(binomial_interval(self.interventions_above_threshold, self.interventions_checked)),
+            "heldout_audit": "not audited: run `otfparsl audit RUN_DIR` to measure the accuracy on frames the run never labelled",
+            "wall_s": self.wall_s, **self.timers,
         }  # fmt: skip
 
     @property
-    def fraction_above_threshold(self) -> float:
-        """Fraction of interventions (after the first, which fixes the offset) with |e| > K."""
-        counted = max(self.dft_calls - 1, 0)
-        return self.interventions_above_threshold / counted if counted else 0.0
+    def interventions_checked(self) -> int:
+        """Interventions whose error was measured: all but the first (it fixes the offset)."""
+        return max(self.dft_calls - 1, 0)
+
+    @property
+    def fraction_above_threshold(self) -> float | None:
+        """Fraction of checked interventions with |e| > K; None when there is none."""
+        checked = self.interventions_checked
+        return self.interventions_above_threshold / checked if checked else None
 
 
 def model_spec(model: ModelSettings, device: str | None = None) -> ModelSpec:
@@ -103,7 +112,7 @@ def make_calibrator(settings: RunSettings, defaults: FamilyDefaults) -> Calibrat
         a=cal.gamma_shape or defaults.calibration_a,
         b=cal.gamma_rate or defaults.calibration_b,
         confidence_level=cal.confidence,
-        skip_first=cal.skip_first,
+        skip_first_steps=cal.skip_first_steps,
         ema_decay=cal.ema_decay,
         force_threshold_eV_per_A=cal.force_threshold_eV_per_A,
     )

@@ -36,6 +36,7 @@ class RunDirectory:
     summary = property(lambda self: self.path / "summary.json")
     checkpoint = property(lambda self: self.path / "checkpoint.json")
     report = property(lambda self: self.path / "report")
+    audit = property(lambda self: self.path / "audit")
 
     def exists(self) -> bool:
         """True when a run was started here (its run.yaml exists)."""

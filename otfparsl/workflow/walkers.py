@@ -42,6 +42,8 @@ class StepInfo:
     energy: float
     energy_std: float
     confidence: float
+    energy_scale_eV: float
+    dof: float
     intervened: bool
     generation: int
     n_labels: int
@@ -170,7 +172,8 @@ def _step_info(w, step, segment, time_fs, atoms, calc, learner) -> StepInfo:
         temperature_K=float(atoms.get_temperature()),
         energy=float(outcome.results["energy"]),
         energy_std=float(outcome.prediction["energy_std"]),
-        confidence=float(outcome.confidence), intervened=bool(outcome.intervened),
+        confidence=float(outcome.confidence), energy_scale_eV=float(outcome.energy_scale_eV),
+        dof=float(outcome.dof), intervened=bool(outcome.intervened),
         generation=int(outcome.generation), n_labels=learner.n_labels,
     )  # fmt: skip
 

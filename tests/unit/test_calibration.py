@@ -59,17 +59,35 @@ def test_min_ratio_is_the_decision_boundary(n, mean_z2):
     assert cal.needs_label(True, cal.confidence(std_at_boundary * 0.5))
 
 
-def test_first_two_interventions_are_not_counted():
+def test_interventions_count_by_md_step_as_the_original():
+    """method.md section 5: the original counts every intervention after its first two force calls."""
     cal = Calibrator(energy_threshold_eV=K)
-    rec1 = cal.update(0.0, 0.01, 0.05)
-    rec2 = cal.update(0.0, 0.01, -0.03)
-    assert (cal.S, cal.n, cal.n_interventions) == (0.0, 0.0, 2)
-    assert not rec1.counted and not rec2.counted
+    rec0 = cal.update(0, 0.0, 0.01, 0.0)  # the first label: error 0 by construction of the offset
+    rec1 = cal.update(1, 0.0, 0.01, 0.05)
+    rec2 = cal.update(2, 0.0, 0.01, -0.03)
+    assert (cal.S, cal.n, cal.n_interventions) == (0.0, 0.0, 3)
+    assert not (rec0.counted or rec1.counted or rec2.counted)
     assert rec1.z == pytest.approx(5.0) and rec1.error_eV == pytest.approx(-0.05)
-    assert rec1.exceeds_threshold and rec2.exceeds_threshold
-    rec3 = cal.update(1.0, 0.01, 1.02)
+    assert rec1.exceeds_threshold and rec2.exceeds_threshold and rec2.step == 2
+    rec3 = cal.update(3, 1.0, 0.01, 1.02)
     assert rec3.counted and not rec3.exceeds_threshold
-    assert (cal.S, cal.n, cal.n_interventions) == (pytest.approx(4.0), 1, 3)
+    assert (cal.S, cal.n, cal.n_interventions) == (pytest.approx(4.0), 1, 4)
+
+
+def test_second_intervention_counts_wherever_it_falls():
+    """The demo's case: labels at steps 0 and 630; the second (z = 7.1) must widen the scale.
+
+    Excluding "the first two interventions" (the earlier rule) would leave the prior's scale.
+    """
+    cal = Calibrator(energy_threshold_eV=K)
+    prior_scale = cal.scale_factor
+    cal.update(0, -1.0, 0.00217, -1.0)
+    rec = cal.update(630, 0.0, 0.00217, 7.1 * 0.00217)
+    assert rec.counted and rec.z == pytest.approx(7.1)
+    assert (cal.n, cal.S) == (1, pytest.approx(7.1**2))
+    assert cal.scale_factor > 1.6 * prior_scale
+    # and the same ensemble std is no longer trusted: DFT is called
+    assert cal.energy_confidence(0.00217) < 0.95
 
 
 def test_recovers_known_miscalibration_factor():
@@ -79,7 +97,7 @@ def test_recovers_known_miscalibration_factor():
     sigmas = rng.uniform(0.002, 0.006, size=2000)
     for sigma in sigmas:
         pred = rng.normal()
-        cal.update(pred, sigma, pred - c * sigma * rng.normal())
+        cal.update(100, pred, sigma, pred - c * sigma * rng.normal())
     assert cal.precision_posterior_mean == pytest.approx(1 / c**2, rel=0.08)
     # The calibrated decision is now right: with the true error c * sigma * N(0, 1), the
     # ensemble skips DFT exactly when P(|e| <= K) >= 0.95 under the true error model.
@@ -100,7 +118,7 @@ def test_json_roundtrip_and_atomic_save(tmp_path):
     rng = np.random.default_rng(1)
     for _ in range(5):
         f = rng.normal(size=(3, 3))
-        cal.update(0.1, 0.01, 0.12, f, np.full((3, 3), 0.05), f + 0.02)
+        cal.update(100, 0.1, 0.01, 0.12, f, np.full((3, 3), 0.05), f + 0.02)
     again = Calibrator.from_json(cal.to_json())
     assert again == cal
     path = tmp_path / "sub" / "calibration.json"
@@ -122,15 +140,15 @@ def test_ema_tracks_change_of_miscalibration_faster():
     sigma = 0.003
     for c in [1.0] * 300 + [4.0] * 60:
         err = c * sigma * rng.normal()
-        plain.update(0.0, sigma, -err)
-        ema.update(0.0, sigma, -err)
+        plain.update(100, 0.0, sigma, -err)
+        ema.update(100, 0.0, sigma, -err)
     target = 1 / 16
     assert abs(ema.precision_posterior_mean - target) < 0.5 * target
     assert plain.precision_posterior_mean > 3 * target
     # the EMA statistics are a normalised weighted mean with bounded effective count
-    assert ema.n == pytest.approx((1 - 0.95**358) / (1 - 0.95))
-    assert plain.n == plain.n_total == 358
-    assert ema.n_total == 358
+    assert ema.n == pytest.approx((1 - 0.95**360) / (1 - 0.95))
+    assert plain.n == plain.n_total == 360
+    assert ema.n_total == 360
 
 
 def test_force_threshold_requires_both_confident():
@@ -150,12 +168,12 @@ def test_force_threshold_requires_both_confident():
 
 def test_force_statistics_recover_miscalibration():
     rng = np.random.default_rng(11)
-    cal = Calibrator(energy_threshold_eV=K, force_threshold_eV_per_A=0.05, skip_first=0)
+    cal = Calibrator(energy_threshold_eV=K, force_threshold_eV_per_A=0.05, skip_first_steps=1)
     std = np.full((4, 3), 0.01)
     for _ in range(100):
         pred = rng.normal(size=(4, 3))
         label = pred + 2.0 * std * rng.normal(size=(4, 3))
-        rec = cal.update(0.0, 0.01, 0.0, pred, std, label)
+        rec = cal.update(100, 0.0, 0.01, 0.0, pred, std, label)
     assert cal.force_n == 1200
     assert cal.force_scale_factor == pytest.approx(2.0, rel=0.06)
     assert rec.force_z2_mean is not None and rec.force_exceeds_threshold is not None
@@ -173,7 +191,7 @@ def test_student_t_confidence_vectorised():
         ({"energy_threshold_eV": 0.0}, "energy_threshold_eV"),
         ({"a": -1.0}, "a must be"),
         ({"ema_decay": 1.0}, "ema_decay"),
-        ({"skip_first": -1}, "skip_first"),
+        ({"skip_first_steps": 0}, "skip_first_steps"),
     ],
 )
 def test_invalid_settings_rejected(kwargs, match):

@@ -19,7 +19,8 @@ def test_defaults_are_the_published_values():
     assert s.bayes.noise_off_steps == 398 and s.bayes.noise_ramp_steps == 100
     assert s.bayes.priority == "unbiased"
     assert s.calibration.confidence == 0.95
-    assert s.calibration.skip_first == 2
+    assert s.calibration.skip_first_steps == 3
+    assert s.bayes.variance_ddof == 1
     assert s.calibration.energy_threshold_eV == pytest.approx(0.5 * KCAL_PER_MOL_EV)
     assert s.md.segments[0].friction_per_fs == 0.01
 

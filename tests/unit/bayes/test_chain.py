@@ -121,3 +121,34 @@ def test_chain_rejects_mismatched_prior_and_bad_file(toy, tmp_path):
     torch.save({"weights": {}}, bad)
     with pytest.raises(ConfigurationError, match="not an otfparsl chain file"):
         load_sample(bad)
+
+
+def test_original_priority_keeps_its_weights_from_the_first_step(toy, monkeypatch):
+    """``priority: original`` weights every step as the original's DataLoader does.
+
+    An earlier version set all weights to 1 during the noise-free steps; no version of the
+    original code does that (the truth issue): the weights seen at step 0 must be the merged
+    importance weights of ``sample_minibatch``, not ones.
+    """
+    import otfparsl.bayes.chain as chain_module
+    from otfparsl.bayes.sghmc import sample_minibatch
+
+    cfg = dataclasses.replace(CFG, priority="original", n_steps=3, noise_off_steps=2, noise_ramp_steps=0, batch_size=3)
+    model, prior, chain = _setup(toy, cfg=cfg)
+    items = _items(toy, n=8)
+    seen = []
+    real = chain_module.minibatch_objective
+
+    def spy(model, prior, batch, weights, *args):
+        seen.append(weights.clone())
+        return real(model, prior, batch, weights, *args)
+
+    monkeypatch.setattr(chain_module, "minibatch_objective", spy)
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(chain._data_rng.get_state())
+    idx, w = sample_minibatch(len(items), cfg.batch_size, generator, "original")
+    chain.update(items, toy.collate, SIGMA_E, 1.0, False)
+    unique, inverse = torch.unique(idx, return_inverse=True)
+    expected = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, w)
+    torch.testing.assert_close(seen[0], expected)
+    assert not torch.all(seen[0] == 1.0)  # the newest structure is up-weighted from step 0

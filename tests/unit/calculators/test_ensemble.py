@@ -52,23 +52,25 @@ def test_members_equal_one_by_one_and_std_follows_method(tiny_mace_adapter, cu_c
     sig = np.array([s[3] for s in singles])
     np.testing.assert_allclose(calc.results["energy_members"], e, rtol=0, atol=1e-10)
     assert energy == pytest.approx(e.mean(), abs=1e-10)
-    assert calc.results["energy_std"] == pytest.approx(np.sqrt(e.var() + ENERGY_SIGMA**2), rel=1e-10)
+    # default divisor M - 1, as the original's torch.var (method.md section 4)
+    assert calc.results["energy_std"] == pytest.approx(np.sqrt(e.var(ddof=1) + ENERGY_SIGMA**2), rel=1e-10)
     np.testing.assert_allclose(cu_cell.get_forces(), f.mean(0), atol=1e-10)
-    expected_fstd = np.sqrt(f.var(0) + (sig**2).mean(0)[:, None])
+    expected_fstd = np.sqrt(f.var(0, ddof=1) + (sig**2).mean(0)[:, None])
     np.testing.assert_allclose(calc.results["forces_std"], expected_fstd, rtol=1e-8)
     np.testing.assert_allclose(cu_cell.get_stress(), full_3x3_to_voigt_6_stress(st.mean(0)), atol=1e-10)
     assert e.std() > 1e-6  # the members really differ
 
 
-def test_original_divisor_option(tiny_mace_adapter, cu_cell):
+def test_divisor_m_option(tiny_mace_adapter, cu_cell):
     samples = _samples(tiny_mace_adapter, 4)
-    pop = EnsembleCalculator(tiny_mace_adapter, samples, energy_sigma_eV=ENERGY_SIGMA)
-    orig = EnsembleCalculator(tiny_mace_adapter, samples, energy_sigma_eV=ENERGY_SIGMA, variance_ddof=1)
+    pop = EnsembleCalculator(tiny_mace_adapter, samples, energy_sigma_eV=ENERGY_SIGMA, variance_ddof=0)
+    orig = EnsembleCalculator(tiny_mace_adapter, samples, energy_sigma_eV=ENERGY_SIGMA)
     pop.calculate(cu_cell.copy())
     orig.calculate(cu_cell.copy())
     e = pop.results["energy_members"]
     assert orig.results["energy_std"] ** 2 == pytest.approx(e.var(ddof=1) + ENERGY_SIGMA**2, rel=1e-10)
     assert orig.results["energy_std"] > pop.results["energy_std"]
+    assert pop.results["energy_std"] ** 2 == pytest.approx(e.var(ddof=0) + ENERGY_SIGMA**2, rel=1e-10)
 
 
 def test_neighbour_list_is_built_once_per_structure(tiny_mace_adapter, cu_cell, monkeypatch):

@@ -1,0 +1,126 @@
+"""Accuracy and calibration metrics of energy predictions against reference labels.
+
+Plain numpy/scipy functions used by the audit (``otfparsl audit``) and the report. The
+uncertainty metrics are those of the paper's Appendix A (mean log-likelihood, AUC-ROC of the
+predicted std for errors above a threshold) plus the calibration checks a user needs to trust
+a threshold: the fraction of errors above K with its binomial interval, the rms z-score and the
+coverage of the predicted 95 % interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+#: Confidence levels of the reliability diagram (observed vs nominal coverage).
+RELIABILITY_LEVELS = tuple(round(x, 2) for x in np.linspace(0.1, 0.95, 18))
+
+
+def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Return the Clopper-Pearson (exact) interval of a binomial proportion ``k / n``.
+
+    Returns ``(0.0, 1.0)`` when ``n == 0`` (nothing is known).
+    """
+    if n == 0:
+        return 0.0, 1.0
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def auc_roc(score: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Return the area under the ROC curve of ``score`` for detecting ``positive``.
+
+    The Mann-Whitney form: the probability that a random positive has a higher score than a
+    random negative (ties count one half). None when there are no positives or no negatives,
+    where the AUC is undefined.
+    """
+    s = np.asarray(score, dtype=float)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = stats.rankdata(s)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def student_t_interval(scale: np.ndarray, dof: np.ndarray, level: float) -> np.ndarray:
+    """Half-width of the central ``level`` interval of ``scale * t(dof)``."""
+    return np.asarray(scale) * stats.t.ppf((1.0 + level) / 2.0, np.asarray(dof))
+
+
+def error_metrics(errors: np.ndarray, threshold: float) -> dict[str, Any]:
+    """RMSE, MAE, max |error| and the fraction above ``threshold`` with its 95 % interval.
+
+    Parameters
+    ----------
+    errors
+        Predicted minus reference energies, shape (n,), eV.
+    threshold
+        K, eV.
+    """
+    e = np.asarray(errors, dtype=float)
+    above = int(np.sum(np.abs(e) > threshold))
+    low, high = binomial_interval(above, e.size)
+    return {
+        "n_frames": int(e.size),
+        "energy_rmse_eV": float(np.sqrt(np.mean(e**2))) if e.size else None,
+        "energy_mae_eV": float(np.mean(np.abs(e))) if e.size else None,
+        "energy_max_abs_error_eV": float(np.max(np.abs(e))) if e.size else None,
+        "energy_mean_error_eV": float(np.mean(e)) if e.size else None,
+        "n_above_threshold": above,
+        "fraction_above_threshold": above / e.size if e.size else None,
+        "fraction_above_threshold_ci95": [low, high],
+    }
+
+
+def uncertainty_metrics(
+    errors: np.ndarray, std: np.ndarray, scale: np.ndarray, dof: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """How well the predicted uncertainty describes the actual errors.
+
+    Parameters
+    ----------
+    errors
+        Predicted minus reference energies, shape (n,), eV.
+    std
+        The ensemble's energy_std (member spread and sigma_E), shape (n,), eV.
+    scale, dof
+        The calibrated Student-t predictive of the error (method.md section 5): scale
+        ``s = std * sqrt((b + S/2)/(a + n/2))`` (eV) and degrees of freedom ``2a + n``.
+    threshold
+        K, eV.
+
+    Returns
+    -------
+    dict
+        ``rms_z_calibrated`` (rms of e / s), ``rms_z_ensemble`` (rms of e / std),
+        ``coverage_95`` (fraction of |e| inside the predicted central 95 % interval),
+        ``mll_student_t`` (mean log density of e under the calibrated Student-t, log(1/eV)),
+        ``mll_gaussian`` (under N(0, std^2)), ``auc_roc_std`` (AUC of std for |e| > K; None
+        when all or no frames are above K), ``mean_confidence`` (mean predicted
+        P(|e| <= K)), and ``reliability`` (observed coverage at each nominal level).
+    """
+    e, std, scale, dof = (np.asarray(x, dtype=float) for x in (errors, std, scale, dof))
+    if e.size == 0:
+        return {}
+    coverage = {
+        f"{level:.2f}": float(np.mean(np.abs(e) <= student_t_interval(scale, dof, level)))
+        for level in RELIABILITY_LEVELS
+    }
+    confidence = 2.0 * stats.t.cdf(threshold / scale, dof) - 1.0
+    return {
+        "rms_z_calibrated": float(np.sqrt(np.mean((e / scale) ** 2))),
+        "rms_z_ensemble": float(np.sqrt(np.mean((e / std) ** 2))),
+        "coverage_95": float(np.mean(np.abs(e) <= student_t_interval(scale, dof, 0.95))),
+        "mll_student_t": float(np.mean(stats.t.logpdf(e, dof, scale=scale))),
+        "mll_gaussian": float(np.mean(stats.norm.logpdf(e, scale=std))),
+        "auc_roc_std": auc_roc(std, np.abs(e) > threshold),
+        "mean_confidence": float(np.mean(confidence)),
+        "median_std_eV": float(np.median(std)),
+        "median_scale_eV": float(np.median(scale)),
+        "reliability": coverage,
+    }
