@@ -1,6 +1,9 @@
 """otfparsl: on-the-fly Bayesian fine-tuning of foundation interatomic potentials.
 
 Public names are imported lazily, so ``import otfparsl`` is cheap and never imports Parsl.
+``otfparsl.run`` is the run-directory package (:mod:`otfparsl.run`); the on-the-fly run itself
+is :func:`otfparsl.workflow.driver.run` (a lazy top-level ``run`` would be shadowed by that
+package as soon as it is imported).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ _PUBLIC = {
     "ModelSpec": "otfparsl.models.base",
     "load_adapter": "otfparsl.models",
     "make_labeler": "otfparsl.labelers",
-    "run": "otfparsl.workflow.driver",
     "RunResult": "otfparsl.workflow.driver",
     "open_site": "otfparsl.workflow.site",
     "ThreadSubmitter": "otfparsl.workflow.submit",

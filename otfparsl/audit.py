@@ -37,8 +37,9 @@ from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
 from otfparsl.labelers.cache import label_key, load_label
+from otfparsl.run.directory import RunDirectory, read_events
+from otfparsl.run.lock import run_lock
 from otfparsl.settings import RunSettings
-from otfparsl.workflow.state import RunDirectory, read_events
 
 log = logging.getLogger(__name__)
 
@@ -136,30 +137,31 @@ def audit_run(
     if not rd.exists():
         raise ConfigurationError(f"{str(rd.path)!r} holds no run (no run.yaml); give a run directory.")
     settings = RunSettings.from_yaml(rd.run_yaml)
-    calibration = _calibration_state(rd)
-    offset = float(calibration.pop("energy_offset_eV"))
-    threshold = settings.calibration.energy_threshold_eV
-    frames = select_frames(rd, n_frames, seed)
-    root = rd.audit
-    root.mkdir(exist_ok=True)
-    labelled = label_frames(frames, settings, label, root)
-    final = EnsembleCalculator.from_run(rd.path, device=device)
-    pretrained = _pretrained_ensemble(final)
-    rows = [
-        _frame_row(f, dft, offset, final, pretrained, calibration, settings)
-        for f, dft in zip(frames, labelled, strict=True)
-    ]
-    result = {
-        "run_dir": str(rd.path), "threshold_eV": threshold,
-        "confidence_level": settings.calibration.confidence, "energy_offset_eV": offset,
-        "n_frames_requested": n_frames, "seed": seed, "labeler": settings.labeler.kind,
-        "predictions": {name: _summary(rows, name, threshold) for name in PREDICTORS},
-        "frames": rows,
-    }  # fmt: skip
-    _write_labels(root / "labels.extxyz", frames, labelled, rows)
-    atomic_write_text(root / "audit.json", json.dumps(result, indent=2))
-    _add_to_summary(rd, result["predictions"]["recorded"])
-    return result
+    with run_lock(rd.path, "audit"):
+        calibration = _calibration_state(rd)
+        offset = float(calibration.pop("energy_offset_eV"))
+        threshold = settings.calibration.energy_threshold_eV
+        frames = select_frames(rd, n_frames, seed)
+        root = rd.audit
+        root.mkdir(exist_ok=True)
+        labelled = label_frames(frames, settings, label, root)
+        final = EnsembleCalculator.from_run(rd.path, device=device)
+        pretrained = _pretrained_ensemble(final)
+        rows = [
+            _frame_row(f, dft, offset, final, pretrained, calibration, settings)
+            for f, dft in zip(frames, labelled, strict=True)
+        ]
+        result = {
+            "run_dir": str(rd.path), "threshold_eV": threshold,
+            "confidence_level": settings.calibration.confidence, "energy_offset_eV": offset,
+            "n_frames_requested": n_frames, "seed": seed, "labeler": settings.labeler.kind,
+            "predictions": {name: _summary(rows, name, threshold) for name in PREDICTORS},
+            "frames": rows,
+        }  # fmt: skip
+        _write_labels(root / "labels.extxyz", frames, labelled, rows)
+        atomic_write_text(root / "audit.json", json.dumps(result, indent=2))
+        _add_to_summary(rd, result["predictions"]["recorded"])
+        return result
 
 
 def read_audit(run_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -90,10 +90,10 @@ def run(
 ) -> None:
     """Run on-the-fly fine-tuning MD as RUN_YAML says (an existing run in the run directory is resumed)."""
     from otfparsl.preflight import check_run
+    from otfparsl.run.directory import RunDirectory
     from otfparsl.settings import RunSettings
     from otfparsl.workflow.driver import check_same_run, default_run_dir
     from otfparsl.workflow.driver import run as run_otf
-    from otfparsl.workflow.state import RunDirectory
 
     with _user_errors():
         settings = RunSettings.from_yaml(run_yaml)
@@ -102,7 +102,7 @@ def run(
         resuming = (target / "run.yaml").is_file() and not restart_from_scratch
         if resuming:
             check_same_run(RunDirectory(target), settings.resolve_paths(Path.cwd()))
-        with _submitter(site, site_option or [], target) as submitter, _progress(settings) as on_step:
+        with _submitter(site, site_option or [], target, "run") as submitter, _progress(settings) as on_step:
             if resuming:
                 console.print(f"resuming the run in {target} from its last checkpoint (--restart-from-scratch starts over)")
             result = run_otf(settings, submitter=submitter, run_dir=target, restart_from_scratch=restart_from_scratch, on_step=on_step)
@@ -120,7 +120,7 @@ def resume(
 
     with _user_errors():
         settings = _saved_settings(run_dir)
-        with _submitter(site, site_option or [], run_dir) as submitter, _progress(settings) as on_step:
+        with _submitter(site, site_option or [], run_dir, "resume") as submitter, _progress(settings) as on_step:
             result = resume_otf(run_dir, submitter=submitter, on_step=on_step)
     _print_summary(result.as_dict())
 
@@ -140,7 +140,7 @@ def audit(
     with _user_errors():
         settings = _saved_settings(run_dir)
         kind, options = settings.labeler.kind, settings.labeler.attempt_options(0)
-        with _submitter(site, site_option or [], run_dir) as submitter:
+        with _submitter(site, site_option or [], run_dir, "audit") as submitter:
             result = audit_run(
                 run_dir, lambda atoms, workdir: submitter.submit("dft", label_structure, atoms, kind, options, workdir),
                 n_frames=frames, seed=seed,
@@ -185,17 +185,26 @@ def _saved_settings(run_dir: Path):
 
 
 @contextlib.contextmanager
-def _submitter(site: Path | None, options: list[str], run_dir: Path):
+def _submitter(site: Path | None, options: list[str], run_dir: Path, command: str):
+    """Thread pools or the Parsl site, inside the run directory's lock.
+
+    The lock is taken before a site starts (it writes runinfo/ and may submit jobs), so a second
+    command on the same directory fails at once; the driver takes it again (re-entrant). A run
+    directory that does not exist yet is locked by the driver once the run's checks pass.
+    """
+    from otfparsl.run.lock import run_lock
     from otfparsl.workflow.submit import ThreadSubmitter
 
-    if site is None:
-        with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
-            yield submitter
-        return
-    from otfparsl.workflow.site import open_site, parse_site_options
+    lock = run_lock(run_dir, f"otfparsl {command} {run_dir}") if run_dir.is_dir() else contextlib.nullcontext()
+    with lock:
+        if site is None:
+            with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
+                yield submitter
+            return
+        from otfparsl.workflow.site import open_site, parse_site_options
 
-    with open_site(site, run_dir, parse_site_options(options)) as loaded:
-        yield loaded
+        with open_site(site, run_dir, parse_site_options(options)) as loaded:
+            yield loaded
 
 
 @contextlib.contextmanager
@@ -226,30 +235,44 @@ def _progress(settings):
 def _print_audit(result: dict) -> None:
     from rich.table import Table
 
+    preds = result["predictions"]
     k = result["threshold_eV"]
-    table = Table(title=f"otfparsl audit: {result['predictions']['recorded']['n_frames']} held-out frames vs DFT (K = {k:.4g} eV)")
-    for column in ("prediction", "E RMSE (eV)", "E MAE (eV)", "max |E err| (eV)", "F RMSE (eV/Å)", "above K (95% CI)",
-                   "rms z", "coverage 95%", "MLL", "AUC(std)"):  # fmt: skip
-        table.add_column(column)
-    for name, m in result["predictions"].items():
+    table = Table(title=f"otfparsl audit: {preds['recorded']['n_frames']} held-out frames vs DFT (K = {k:.4g} eV)")
+    table.add_column("")
+    for title in ("during the run", "final ensemble", "pretrained"):
+        table.add_column(title, justify="right")
+
+    def above(m: dict) -> str:
         low, high = m["fraction_above_threshold_ci95"]
-        auc = m.get("auc_roc_std")
-        table.add_row(
-            {"recorded": "during the run", "final": "final ensemble", "pretrained": "pretrained"}[name],
-            f"{m['energy_rmse_eV']:.4f}", f"{m['energy_mae_eV']:.4f}", f"{m['energy_max_abs_error_eV']:.4f}",
-            f"{m['forces_rmse_eV_per_A']:.4f}",
-            f"{m['n_above_threshold']} of {m['n_frames']} ({low:.2f}-{high:.2f})",
-            _opt(m.get("rms_z_calibrated"), "{:.2f}"), _opt(m.get("coverage_95"), "{:.2f}"),
-            _opt(m.get("mll_student_t"), "{:.2f}"), "n/a" if auc is None and "auc_roc_std" in m else _opt(auc, "{:.2f}"),
-        )
+        return f"{m['n_above_threshold']} of {m['n_frames']} ({low:.2f}-{high:.2f})"
+
+    def auc(m: dict) -> str:
+        if "auc_roc_std" in m and m["auc_roc_std"] is None:
+            return "n/a (all frames on one side of K)"
+        return _opt(m.get("auc_roc_std"), "{:.2f}")
+
+    rows = [
+        ("|E err| > K (95% CI)", above),
+        ("E RMSE / MAE (eV)", lambda m: f"{m['energy_rmse_eV']:.4f} / {m['energy_mae_eV']:.4f}"),
+        ("max |E err| (eV)", lambda m: f"{m['energy_max_abs_error_eV']:.4f}"),
+        ("F RMSE (eV/Å)", lambda m: f"{m['forces_rmse_eV_per_A']:.4f}"),
+        ("rms z (calibrated)", lambda m: _opt(m.get("rms_z_calibrated"), "{:.2f}")),
+        ("rms z (ensemble std)", lambda m: _opt(m.get("rms_z_ensemble"), "{:.2f}")),
+        ("coverage of 95% interval", lambda m: _opt(m.get("coverage_95"), "{:.2f}")),
+        ("mean log-likelihood", lambda m: _opt(m.get("mll_student_t"), "{:.2f}")),
+        ("AUC-ROC of std for > K", auc),
+        ("mean claimed confidence", lambda m: _opt(m.get("mean_confidence"), "{:.3f}")),
+    ]  # fmt: skip
+    for name, cell in rows:
+        table.add_row(name, *(cell(preds[p]) for p in ("recorded", "final", "pretrained")))
     Console().print(table)
-    rec = result["predictions"]["recorded"]
+    rec = preds["recorded"]
     promise = 1.0 - result["confidence_level"]
-    verdict = "kept" if rec["fraction_above_threshold"] <= promise else "NOT kept"
+    verdict = "promise kept" if rec["fraction_above_threshold"] <= promise else "promise NOT kept"
     Console().print(
-        f"The run promised P(|error| > K) < {promise:.0%} on every step it did not label; on held-out frames "
-        f"{rec['n_above_threshold']} of {rec['n_frames']} were above K: promise {verdict}. "
-        f"rms z is the error over the calibrated scale the run used (1 = honest). Written: {result['run_dir']}/audit/"
+        f"The run claimed P(|error| > K) < {promise:.0%} at every step it did not label; {rec['n_above_threshold']} of "
+        f"{rec['n_frames']} held-out frames were above K: {verdict}. rms z: error / the calibrated scale the run "
+        f"used (about 1 when honest, above 1 overconfident). Written: {Path(result['run_dir']) / 'audit'}"
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from ase import Atoms
 
 from otfparsl.errors import ConfigurationError, MissingDependencyError
+from otfparsl.from_settings import model_spec
 from otfparsl.labelers import (
     ASECalculatorLabeler,
     PySCFLabeler,
@@ -78,14 +79,7 @@ def check_model(model: ModelSettings, atoms: Atoms) -> None:
     _check_device("model.device", model.device, must_exist_here=True)
     if model.chain_device != "auto":
         _check_device("model.chain_device", model.chain_device, must_exist_here=False)
-    spec = ModelSpec(
-        family=model.family,
-        source=model.source,
-        dtype=model.dtype,
-        device=model.device,
-        seed=model.seed,
-    )
-    _adapter(spec).check_atoms(atoms)
+    _adapter(model_spec(model)).check_atoms(atoms)
 
 
 @functools.lru_cache(maxsize=2)

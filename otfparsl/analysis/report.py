@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from otfparsl.errors import ConfigurationError
-from otfparsl.workflow.state import RunDirectory, read_events
+from otfparsl.run.directory import RunDirectory, read_events
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +18,11 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from otfparsl.bayes.model import BayesianModel
+from otfparsl.from_settings import model_spec
+from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelAdapter
+from otfparsl.run.directory import RunDirectory
+from otfparsl.settings import RunSettings
 from otfparsl.training import build_bayesian_model, load_samples
 from otfparsl.units import STRESS_SIGMA_EV_PER_A3
 
@@ -89,10 +92,19 @@ class EnsembleCalculator(Calculator):
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, device: str | None = None) -> EnsembleCalculator:
-        """Load the fine-tuned ensemble of a finished (or running) on-the-fly run."""
-        from otfparsl.workflow.state import ensemble_from_run
+        """Load the fine-tuned ensemble of a finished (or running) on-the-fly run.
 
-        return ensemble_from_run(Path(run_dir), device=device)
+        Built from the run's ``run.yaml`` and chain files alone (no Parsl), on ``device``
+        (default: the run's ``model.device``).
+        """
+        rd = RunDirectory(run_dir)
+        settings = RunSettings.from_yaml(rd.run_yaml)
+        return cls.from_chain_files(
+            load_adapter(model_spec(settings.model, device=device)),
+            rd.chain_files(),
+            energy_sigma_eV=0.1 * settings.calibration.energy_threshold_eV,
+            variance_ddof=settings.bayes.variance_ddof,
+        )
 
     @property
     def n_members(self) -> int:

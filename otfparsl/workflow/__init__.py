@@ -1,34 +1,7 @@
-"""Parsl orchestration: site profiles, tasks and the on-the-fly driver.
+"""Parsl orchestration: site profiles, tasks, walkers and the on-the-fly driver.
 
-This is the only package of otfparsl that imports parsl.
+This is the only package of otfparsl that imports parsl (in :mod:`otfparsl.workflow.site` and
+:mod:`otfparsl.workflow.slurm`). It imports nothing itself: import the submodules directly,
+e.g. ``from otfparsl.workflow.site import open_site``. The run directory (layout, lock,
+checkpoints) lives in :mod:`otfparsl.run`, without Parsl.
 """
-
-from otfparsl.workflow.site import (
-    ROLES,
-    RoleReport,
-    Site,
-    SiteOption,
-    build_config,
-    check_site,
-    format_report,
-    load_site,
-    open_site,
-    parse_site_options,
-    resolve_options,
-    roles,
-)
-
-__all__ = [
-    "ROLES",
-    "RoleReport",
-    "Site",
-    "SiteOption",
-    "build_config",
-    "check_site",
-    "format_report",
-    "load_site",
-    "open_site",
-    "parse_site_options",
-    "resolve_options",
-    "roles",
-]

@@ -21,22 +21,22 @@ from pathlib import Path
 from ase import Atoms
 
 from otfparsl.analysis.metrics import binomial_interval
-from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calculators.otf import Learner
 from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
+from otfparsl.from_settings import make_calibrator, model_spec, sampler_config
 from otfparsl.labelers.cache import label_key, load_label
 from otfparsl.models import load_adapter
-from otfparsl.models.base import FamilyDefaults, ModelSpec
 from otfparsl.preflight import check_labeler_environments, check_run
-from otfparsl.settings import BayesSettings, ModelSettings, RunSettings
+from otfparsl.run.checkpoint import Checkpointer, LabelCounter, prepare_resume, read_checkpoint
+from otfparsl.run.directory import LOCK_NAME, EventLog, RunDirectory, read_events, save_json
+from otfparsl.run.lock import run_lock
+from otfparsl.settings import RunSettings
 from otfparsl.structures import read_structure
 from otfparsl.training import ChainJob, chain_path, init_chain_files, load_samples
-from otfparsl.workflow.checkpoint import Checkpointer, LabelCounter, prepare_resume, read_checkpoint
-from otfparsl.workflow.state import EventLog, RunDirectory, read_events, save_json
 from otfparsl.workflow.submit import Submitter, ThreadSubmitter, gather
 from otfparsl.workflow.tasks import label_structure, update_chain
 from otfparsl.workflow.walkers import StepInfo, run_walkers
@@ -81,43 +81,6 @@ class RunResult:
         return self.interventions_above_threshold / checked if checked else None
 
 
-def model_spec(model: ModelSettings, device: str | None = None) -> ModelSpec:
-    """Turn the model settings into a :class:`ModelSpec` (on ``device``, default the settings')."""
-    return ModelSpec(
-        family=model.family,
-        source=model.source,
-        dtype=model.dtype,
-        device=device or model.device,
-        seed=model.seed,
-    )
-
-
-def sampler_config(bayes: BayesSettings, defaults: FamilyDefaults) -> SGHMCConfig:
-    """Build the SGHMC settings from the run settings and the family's published defaults."""
-    return SGHMCConfig(
-        n_steps=bayes.n_steps,
-        batch_size=bayes.batch_size,
-        step_size=bayes.step_size or defaults.step_size,
-        noise_off_steps=bayes.noise_off_steps,
-        noise_ramp_steps=bayes.noise_ramp_steps,
-        priority=bayes.priority,
-    )
-
-
-def make_calibrator(settings: RunSettings, defaults: FamilyDefaults) -> Calibrator:
-    """Build the calibrator from the settings (Gamma prior defaults from the model family)."""
-    cal = settings.calibration
-    return Calibrator(
-        energy_threshold_eV=cal.energy_threshold_eV,
-        a=cal.gamma_shape or defaults.calibration_a,
-        b=cal.gamma_rate or defaults.calibration_b,
-        confidence_level=cal.confidence,
-        skip_first_steps=cal.skip_first_steps,
-        ema_decay=cal.ema_decay,
-        force_threshold_eV_per_A=cal.force_threshold_eV_per_A,
-    )
-
-
 def default_run_dir(settings: RunSettings) -> Path:
     """``settings.run_dir`` or ``runs/NAME`` in the current directory."""
     return Path(settings.run_dir) if settings.run_dir else Path("runs") / settings.name
@@ -154,14 +117,20 @@ def run(
     atoms = check_run(settings, structure)  # every input checked before the directory is touched
     if rd.exists() and not restart_from_scratch:
         check_same_run(rd, settings)
-        atomic_write_text(rd.run_yaml, settings.to_yaml())  # the labeller may have changed
-        return resume(rd.path, submitter, on_step, structure=atoms)
     with _submitter(submitter) as sub:
         check_labeler_on_workers(settings, atoms, sub)
-        _prepare_run_dir(rd, restart_from_scratch)
-        atomic_write_text(rd.run_yaml, settings.to_yaml())
-        atomic_write_text(rd.path / "structure.extxyz", _extxyz(atoms))
-        return _run(settings, sub, rd, atoms, on_step, checkpoint=None)
+        with run_lock(rd.path, "run"):  # from the first write on; checked again under the lock
+            if rd.exists() and not restart_from_scratch:
+                check_same_run(rd, settings)
+                atomic_write_text(rd.run_yaml, settings.to_yaml())  # the labeller may have changed
+                state = read_checkpoint(rd)
+                if state is not None and state["done"]:
+                    return _summarise_done(rd, state)
+                return _continue(rd, RunSettings.from_yaml(rd.run_yaml), sub, atoms, on_step, state)
+            _prepare_run_dir(rd, restart_from_scratch)
+            atomic_write_text(rd.run_yaml, settings.to_yaml())
+            atomic_write_text(rd.path / "structure.extxyz", _extxyz(atoms))
+            return _run(settings, sub, rd, atoms, on_step, checkpoint=None)
 
 
 def resume(
@@ -175,6 +144,7 @@ def resume(
     With one walker the continuation is the uninterrupted run, bit for bit, on the same
     hardware and thread counts (README, "When things go wrong"). A run killed before its first
     checkpoint starts again from the beginning, reusing every DFT label already finished.
+    The run directory's lock is held from the checkpoint's reading on.
     """
     rd = RunDirectory(Path(run_dir))
     if not rd.exists():
@@ -182,15 +152,30 @@ def resume(
     settings = RunSettings.from_yaml(rd.run_yaml)
     atoms = structure if structure is not None else _starting_structure(rd, settings)
     atoms = check_run(settings, atoms)
-    state = read_checkpoint(rd)
-    if state is not None and state["done"]:
-        log.warning("run %s is already complete; nothing to resume", rd.path)
-        return _summarise_done(rd, state)
-    with _submitter(submitter) as sub:
-        check_labeler_on_workers(settings, atoms, sub)
-        if state is None:
-            _prepare_run_dir(rd, restart_from_scratch=True, keep=("runinfo", "dft", "run.yaml", "structure.extxyz"))
-        return _run(settings, sub, rd, atoms, on_step, checkpoint=state)
+    with run_lock(rd.path, "resume"):
+        state = read_checkpoint(rd)
+        if state is not None and state["done"]:
+            return _summarise_done(rd, state)  # no thread pools, no DFT environment needed
+        with _submitter(submitter) as sub:
+            check_labeler_on_workers(settings, atoms, sub)
+            return _continue(rd, settings, sub, atoms, on_step, state)
+
+
+def _continue(
+    rd: RunDirectory,
+    settings: RunSettings,
+    submitter: Submitter,
+    atoms: Atoms,
+    on_step: Callable[[StepInfo], None] | None,
+    state: dict | None,
+) -> RunResult:
+    """Continue the run in ``rd`` from checkpoint ``state`` (lock held, labeller checked).
+
+    Without a checkpoint (``state`` None) the run starts over, keeping the finished DFT labels.
+    """
+    if state is None:
+        _prepare_run_dir(rd, restart_from_scratch=True, keep=("runinfo", "dft", "run.yaml", "structure.extxyz"))
+    return _run(settings, submitter, rd, atoms, on_step, checkpoint=state)
 
 
 @contextlib.contextmanager
@@ -244,7 +229,7 @@ def check_labeler_on_workers(settings: RunSettings, atoms: Atoms, submitter: Sub
 def _prepare_run_dir(rd: RunDirectory, restart_from_scratch: bool, keep: tuple[str, ...] = ("runinfo",)) -> None:
     if rd.path.exists() and restart_from_scratch:
         for child in rd.path.iterdir():  # keep Parsl's runinfo/: a site may already be running
-            if child.name in keep:
+            if child.name in keep or child.name == LOCK_NAME:  # the lock this process holds
                 continue
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     for sub in (rd.path, rd.chains, rd.dft):
@@ -355,6 +340,7 @@ def _summarise(rd: RunDirectory, timers: dict[str, float], n_steps: int, wall_s:
 
 
 def _summarise_done(rd: RunDirectory, state: dict) -> RunResult:
+    log.warning("run %s is already complete; nothing to resume", rd.path)
     n_steps = sum(int(w["calc"]["step_count"]) for w in state["walkers"])
     result = _summarise(rd, state["learner"]["timers"], n_steps, state["wall_s"])
     save_json(rd.summary, result.as_dict())

@@ -20,11 +20,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from otfparsl.calculators.otf import Learner, OnTheFlyCalculator
 from otfparsl.md import Segment, TemperatureProgramme
 from otfparsl.md.state import capture_md_state, restore_md_state
+from otfparsl.run.directory import RunDirectory
 from otfparsl.settings import MDSettings, RunSettings
-from otfparsl.workflow.state import RunDirectory
 
 if TYPE_CHECKING:
-    from otfparsl.workflow.checkpoint import Checkpointer
+    from otfparsl.run.checkpoint import Checkpointer
 
 #: Seed stride between walkers (walker w uses seed + w * WALKER_SEED_STRIDE).
 WALKER_SEED_STRIDE = 7919

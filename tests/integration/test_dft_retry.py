@@ -13,9 +13,9 @@ import yaml
 from ase.build import molecule
 
 from otfparsl.calculators.otf import TooManyLabelFailures
+from otfparsl.run.directory import read_events
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import resume, run
-from otfparsl.workflow.state import read_events
 from otfparsl.workflow.submit import ThreadSubmitter
 
 pytestmark = pytest.mark.dft

@@ -15,9 +15,9 @@ import torch
 from ase.build import bulk
 
 from otfparsl.errors import SamplerDiverged
+from otfparsl.run.directory import read_events
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import run
-from otfparsl.workflow.state import read_events
 from otfparsl.workflow.submit import ThreadSubmitter
 
 sys.path.insert(0, str(Path(__file__).parent))

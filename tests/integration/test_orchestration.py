@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from ase.build import bulk
 
+from otfparsl.run.directory import read_events
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import run
 from otfparsl.workflow.site import open_site
-from otfparsl.workflow.state import read_events
 from otfparsl.workflow.submit import ThreadSubmitter
 
 SITES = Path(__file__).resolve().parents[2] / "sites"

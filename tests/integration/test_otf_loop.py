@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from otfparsl.run.directory import read_events
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import run
-from otfparsl.workflow.state import read_events
 from otfparsl.workflow.submit import ThreadSubmitter
 
 

@@ -15,7 +15,7 @@ ETHANOL = Path(__file__).resolve().parents[2] / "workflows" / "ethanol" / "run.y
 def test_validate_prints_the_resolved_settings():
     result = CliRunner().invoke(app, ["validate", str(ETHANOL)])
     assert result.exit_code == 0, result.output
-    assert "energy_threshold_eV: 0.0217" in result.output
+    assert "energy_threshold_eV: 0.0434" in result.output
     assert "n_chains: 8" in result.output
     assert "9 atoms (C2H6O)" in result.output
 

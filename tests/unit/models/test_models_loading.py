@@ -22,7 +22,7 @@ def test_family_defaults_are_the_published_values():
     eq = family_defaults("equiformer")
     assert (eq.sigma_tl, eq.step_size, eq.head_hidden) == (0.02, 1e-4, (64, 16))
     chg = family_defaults("chgnet")
-    assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-4, (32, 16))
+    assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-3, (32, 16))  # docs/study_spread.md
     assert KCAL_PER_MOL_EV == pytest.approx(1 / 23.0609, rel=1e-4)
 
 

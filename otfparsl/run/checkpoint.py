@@ -28,8 +28,8 @@ from otfparsl.calculators.otf import Learner
 from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
+from otfparsl.run.directory import EventLog, RunDirectory
 from otfparsl.training import restore_chain_generation
-from otfparsl.workflow.state import EventLog, RunDirectory
 
 FORMAT = "otfparsl.checkpoint/1"
 

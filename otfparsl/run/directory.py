@@ -1,9 +1,11 @@
-"""The run directory: paths, the event log, calibration state, and loading a run's ensemble.
+"""The run directory: its paths, the event log and JSON state files (no Parsl, no torch).
 
 Format (stable; what users look at): ``run.yaml``, ``events.jsonl``, ``labels.extxyz``,
 ``trajectory.extxyz``, ``calibration.json``, ``chains/chain_K.pt``, ``checkpoint.json``, ``dft/``
 (one working directory per DFT call, with ``label.json`` once it finished), ``summary.json``,
-``report/``.
+``.lock`` (held by the one process writing the directory, :mod:`otfparsl.run.lock`), ``audit/``,
+``report/``. The fine-tuned ensemble of a run loads with
+:meth:`otfparsl.calculators.ensemble.EnsembleCalculator.from_run`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from otfparsl.fileio import atomic_write_text
+
+#: Name of the lock file in a run directory (see :mod:`otfparsl.run.lock`).
+LOCK_NAME = ".lock"
 
 
 class RunDirectory:
@@ -37,6 +42,7 @@ class RunDirectory:
     checkpoint = property(lambda self: self.path / "checkpoint.json")
     report = property(lambda self: self.path / "report")
     audit = property(lambda self: self.path / "audit")
+    lock = property(lambda self: self.path / LOCK_NAME)
 
     def exists(self) -> bool:
         """True when a run was started here (its run.yaml exists)."""
@@ -102,20 +108,3 @@ def _json_default(value):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
-
-def ensemble_from_run(run_dir: Path, device: str | None = None):
-    """Build the EnsembleCalculator of a run from its run.yaml and chain files."""
-    from otfparsl.calculators.ensemble import EnsembleCalculator
-    from otfparsl.models import load_adapter
-    from otfparsl.settings import RunSettings
-    from otfparsl.workflow.driver import model_spec
-
-    rd = RunDirectory(run_dir)
-    settings = RunSettings.from_yaml(rd.run_yaml)
-    spec = model_spec(settings.model, device=device or settings.model.device)
-    return EnsembleCalculator.from_chain_files(
-        load_adapter(spec),
-        rd.chain_files(),
-        energy_sigma_eV=0.1 * settings.calibration.energy_threshold_eV,
-        variance_ddof=settings.bayes.variance_ddof,
-    )
