@@ -62,7 +62,7 @@ def test_whole_loop_through_a_parsl_site(tmp_path, cu_foundation_model, site_fil
 
 @pytest.mark.slow
 def test_walker_waiting_for_dft_does_not_stop_the_others(tmp_path, cu_foundation_model):
-    labeler = {"kind": "ase", "options": {"name": "slow_reference:SlowEMT", "kwargs": {"delay_s": 0.5}}}
+    labeler = {"kind": "ase", "options": {"name": "slow_reference:SlowEMT", "kwargs": {"delay_s": 3.0}}}  # longer than a chain update
     settings = _settings(cu_foundation_model, 120, walkers=2, labeler=labeler)
     with ThreadSubmitter(chain_workers=2, dft_workers=2) as submitter:
         result = run(settings, submitter=submitter, run_dir=tmp_path / "run", structure=bulk("Cu", "fcc", a=3.61, cubic=True))
