@@ -30,10 +30,10 @@ from typing import Any
 import ase.io
 import numpy as np
 from ase import Atoms
-from scipy import stats
 
 from otfparsl.analysis.metrics import error_metrics, uncertainty_metrics
 from otfparsl.calculators.ensemble import EnsembleCalculator
+from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
 from otfparsl.labelers.cache import label_key, load_label
@@ -138,8 +138,9 @@ def audit_run(
         raise ConfigurationError(f"{str(rd.path)!r} holds no run (no run.yaml); give a run directory.")
     settings = RunSettings.from_yaml(rd.run_yaml)
     with run_lock(rd.path, "audit"):
-        calibration = _calibration_state(rd)
-        offset = float(calibration.pop("energy_offset_eV"))
+        state = _calibration_state(rd)
+        offset = float(state.pop("energy_offset_eV"))
+        calibrator = Calibrator.from_dict(state)  # the final calibration
         threshold = settings.calibration.energy_threshold_eV
         frames = select_frames(rd, n_frames, seed)
         root = rd.audit
@@ -148,7 +149,7 @@ def audit_run(
         final = EnsembleCalculator.from_run(rd.path, device=device)
         pretrained = _pretrained_ensemble(final)
         rows = [
-            _frame_row(f, dft, offset, final, pretrained, calibration, settings)
+            _frame_row(f, dft, offset, final, pretrained, calibrator)
             for f, dft in zip(frames, labelled, strict=True)
         ]
         result = {
@@ -217,7 +218,7 @@ def _claim(atoms: Atoms) -> tuple[float, float]:
     )
 
 
-def _frame_row(frame, dft, offset, final, pretrained, calibration, settings) -> dict[str, Any]:
+def _frame_row(frame, dft, offset, final, pretrained, calibrator: Calibrator) -> dict[str, Any]:
     reference = float(dft.get_potential_energy()) + offset
     ref_forces = np.asarray(dft.get_forces(), dtype=float)
     atoms = frame.atoms
@@ -228,12 +229,10 @@ def _frame_row(frame, dft, offset, final, pretrained, calibration, settings) -> 
         "forces_error": (np.asarray(atoms.get_forces()) - ref_forces),
     }  # fmt: skip
     now = _predict(final, atoms)
-    scale_factor = math.sqrt((calibration["b"] + calibration["S"] / 2) / (calibration["a"] + calibration["n"] / 2))
-    dof_now = 2 * calibration["a"] + calibration["n"]
     fine = {
         "energy": now["energy"], "energy_std": now["energy_std"],
-        "energy_scale_eV": now["energy_std"] * scale_factor, "dof": dof_now,
-        "confidence": float(2 * stats.t.cdf(settings.calibration.energy_threshold_eV / (now["energy_std"] * scale_factor), dof_now) - 1),
+        "energy_scale_eV": now["energy_std"] * calibrator.scale_factor, "dof": calibrator.nu,
+        "confidence": calibrator.energy_confidence(now["energy_std"]),
         "forces_error": now["forces"] - ref_forces,
     }  # fmt: skip
     base = _predict(pretrained, atoms)
