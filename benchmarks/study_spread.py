@@ -45,14 +45,9 @@ from otfparsl.md.dynamics import Segment
 from otfparsl.md.programme import TemperatureProgramme
 from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelAdapter, ModelSpec
+from otfparsl.run.chains import load_samples
 from otfparsl.settings import BayesSettings
-from otfparsl.training import (
-    ChainJob,
-    build_bayesian_model,
-    init_chain_files,
-    load_samples,
-    update_chain_file,
-)
+from otfparsl.training import ChainJob, build_bayesian_model, init_chain_files, update_chain_file
 
 REPO = Path(__file__).resolve().parents[1]
 STRUCTURE = REPO / "workflows" / "ethanol" / "ethanol.xyz"

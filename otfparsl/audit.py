@@ -36,8 +36,8 @@ from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
-from otfparsl.labelers.cache import label_key, load_label
 from otfparsl.run.directory import RunDirectory, read_events
+from otfparsl.run.label_cache import label_key, load_label
 from otfparsl.run.lock import run_lock
 from otfparsl.settings import RunSettings
 

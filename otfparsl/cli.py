@@ -209,9 +209,9 @@ def _submitter(site: Path | None, options: list[str], run_dir: Path, command: st
 
 @contextlib.contextmanager
 def _progress(settings):
-    from otfparsl.workflow.walkers import programme_from_settings
+    from otfparsl.from_settings import programme
 
-    total = settings.md.walkers * (programme_from_settings(settings.md).total_steps + 1)
+    total = settings.md.walkers * (programme(settings.md).total_steps + 1)
     columns = (
         TextColumn("[bold]MD"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),

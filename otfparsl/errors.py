@@ -51,6 +51,10 @@ class SCFNotConverged(LabelingFailed):
     """The self-consistent field iterations of the reference calculation did not converge."""
 
 
+class TooManyLabelFailures(OtfparslError):
+    """Consecutive DFT failures reached the configured limit; the run stops cleanly."""
+
+
 class SamplerDiverged(OtfparslError):
     """A Markov chain produced NaN or inf in its weights or its loss."""
 

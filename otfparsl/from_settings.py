@@ -2,7 +2,8 @@
 
 The core never receives a settings object (conventions, "Settings are data"): these functions
 are the one place where the run YAML's sections become :class:`~otfparsl.models.base.ModelSpec`,
-:class:`~otfparsl.bayes.sghmc.SGHMCConfig` and :class:`~otfparsl.calibration.Calibrator`, with
+:class:`~otfparsl.bayes.sghmc.SGHMCConfig`, :class:`~otfparsl.calibration.Calibrator` and the
+:class:`~otfparsl.md.TemperatureProgramme` with its segments, with
 the model family's published defaults filling what the YAML leaves open. No Parsl.
 """
 
@@ -10,8 +11,17 @@ from __future__ import annotations
 
 from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.calibration import Calibrator
+from otfparsl.md import Segment, TemperatureProgramme
 from otfparsl.models.base import FamilyDefaults, ModelSpec
-from otfparsl.settings import BayesSettings, ModelSettings, RunSettings
+from otfparsl.settings import (
+    BayesSettings,
+    CalibrationSettings,
+    MDSettings,
+    ModelSettings,
+    RunSettings,
+    SegmentSettings,
+)
+from otfparsl.units import ENERGY_SIGMA_FRACTION_OF_K
 
 
 def model_spec(model: ModelSettings, device: str | None = None) -> ModelSpec:
@@ -35,6 +45,21 @@ def sampler_config(bayes: BayesSettings, defaults: FamilyDefaults) -> SGHMCConfi
         noise_ramp_steps=bayes.noise_ramp_steps,
         priority=bayes.priority,
     )
+
+
+def programme(md: MDSettings) -> TemperatureProgramme:
+    """Turn the YAML temperature programme into the core's validated MD segments."""
+    return TemperatureProgramme([segment_from_settings(seg) for seg in md.segments])
+
+
+def segment_from_settings(segment: SegmentSettings) -> Segment:
+    """The core's MD segment of one YAML segment (the one place the two meet)."""
+    return Segment(**segment.model_dump())
+
+
+def energy_sigma_eV(calibration: CalibrationSettings) -> float:
+    """sigma_E of the likelihood, eV: a fixed fraction of the threshold K (method.md section 1)."""
+    return ENERGY_SIGMA_FRACTION_OF_K * calibration.energy_threshold_eV
 
 
 def make_calibrator(settings: RunSettings, defaults: FamilyDefaults) -> Calibrator:

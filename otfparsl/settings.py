@@ -26,8 +26,8 @@ class _Strict(BaseModel):
 class ModelSettings(_Strict):
     """Which foundation model to fine-tune."""
 
-    family: Literal["mace", "chgnet", "equiformer"] = Field(
-        "chgnet", description="Model family (mace-torch, chgnet, fairchem EquiformerV2)."
+    family: str = Field(
+        "chgnet", description="Model family: one of otfparsl.models.families() (chgnet, mace, ...)."
     )
     source: str = Field(
         "0.3.0",
@@ -38,6 +38,16 @@ class ModelSettings(_Strict):
     device: str = Field("cpu", description="torch device of the orchestrator's ensemble.")
     chain_device: str = Field("auto", description="torch device of chain updates ('auto': cuda if seen).")
     seed: int = Field(0, description="Seed of in-process ('tiny') model weights.")
+
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        from otfparsl.models import families  # the family modules declare themselves
+
+        if value not in families():
+            raise ValueError(f"unknown model family {value!r}; allowed: {', '.join(families())}")
+        return value
 
 
 class BayesSettings(_Strict):
@@ -112,7 +122,7 @@ class CalibrationSettings(_Strict):
 class LabelerSettings(_Strict):
     """The reference (DFT) calculation."""
 
-    kind: Literal["pyscf", "vasp", "ase"] = Field("pyscf", description="Labeller family.")
+    kind: str = Field("pyscf", description="DFT code: one of otfparsl.labelers.kinds() (pyscf, vasp, ase).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the labeller (xc, basis, incar, ...)."
     )
@@ -123,6 +133,18 @@ class LabelerSettings(_Strict):
         "[{max_cycle: 300}, {max_cycle: 300, level_shift: 0.5}].",
     )
     max_consecutive_failures: int = Field(3, ge=1, description="Stop cleanly after this many failures in a row.")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from otfparsl.labelers import kinds  # each DFT code's module declares itself
+
+        if value not in kinds():
+            raise ValueError(
+                f"unknown labeler kind {value!r}; allowed: {', '.join(kinds())} (use 'ase' with "
+                "options.name for any other ASE calculator)"
+            )
+        return value
 
     @field_validator("retries")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,33 @@ def _read_with_pymatgen(path: Path) -> Atoms:
         return to_atoms(Structure.from_file(path))
     except Exception:  # noqa: BLE001
         return to_atoms(Molecule.from_file(path))
+
+
+def structures_digest(frames: Iterable[Atoms], results: bool = False, extra: str = "") -> str:
+    """Return the SHA-256 of structures, bit for bit: the one structure hash of otfparsl.
+
+    Parameters
+    ----------
+    frames
+        The structures, in order.
+    results
+        Include the attached calculator's energy, forces and stress (labelled structures).
+    extra
+        Text hashed after the structures (e.g. a DFT code and its options).
+
+    Notes
+    -----
+    Hashes the exact bits of atomic numbers, positions (Å), cell (Å) and pbc: the DFT label
+    cache key (:func:`otfparsl.run.label_cache.label_key`) and the digest of the labels a chain
+    update saw (its idempotence check).
+    """
+    digest = hashlib.sha256()
+    for atoms in frames:
+        for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        if results and atoms.calc is not None:
+            for key in ("energy", "forces", "stress"):
+                if key in atoms.calc.results:
+                    digest.update(np.ascontiguousarray(atoms.calc.results[key], dtype=float).tobytes())
+    digest.update(extra.encode())
+    return digest.hexdigest()

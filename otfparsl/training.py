@@ -1,35 +1,35 @@
-"""Chain files of a run: create them, update one from the labelled data set, read samples.
+"""Chain training: create a run's chain files, update one from the labelled data set.
 
 These plain functions are what a chain-update task runs, in the orchestrator's threads or on a
 GPU worker far away: they take paths and small frozen values and exchange weights only as CPU
-files (a chain file is replaced atomically by a complete new one).
+files (a chain file is replaced atomically by a complete new one). Where the files live and how
+their versions are kept is :mod:`otfparsl.run.chains`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import hashlib
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from otfparsl.bayes.chain import Chain, load_sample, read_chain_header
+from otfparsl.bayes.chain import Chain
 from otfparsl.bayes.heads import SigmaHead
 from otfparsl.bayes.model import BayesianModel
 from otfparsl.bayes.prior import TransferPrior
 from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.data import read_labels
 from otfparsl.errors import ConfigurationError
-from otfparsl.models import load_adapter
+from otfparsl.models import cached_adapter
 from otfparsl.models.base import ModelAdapter, ModelSpec, attach_labels
+from otfparsl.run.chains import chain_path, find_done_update, keep_previous
+from otfparsl.structures import structures_digest
 from otfparsl.units import FORCE_SIGMA_BASE_EV_PER_A, STRESS_SIGMA_EV_PER_A3
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ def build_bayesian_model(adapter: ModelAdapter, core: torch.nn.Module | None = N
     head = SigmaHead(adapter.n_features, adapter.defaults.head_hidden, FORCE_SIGMA_BASE_EV_PER_A)
     head = head.to(dtype=reference.dtype, device=reference.device)
     return BayesianModel(core, head)
-
-
-@functools.lru_cache(maxsize=4)
-def cached_adapter(spec: ModelSpec) -> ModelAdapter:
-    """Load a foundation model once per process (chain tasks reuse it; weights are copied)."""
-    return load_adapter(spec)
 
 
 def resolve_device(device: str) -> str:
@@ -89,11 +83,6 @@ def init_chain_files(
         chain.save(path)
         paths.append(path)
     return paths
-
-
-def chain_path(chains_dir: str | os.PathLike, index: int) -> Path:
-    """Return the file of chain ``index``."""
-    return Path(chains_dir) / f"chain_{index}.pt"
 
 
 @dataclass(frozen=True)
@@ -151,10 +140,10 @@ def update_chain_file(job: ChainJob) -> dict:
         True when an identical earlier update was found instead of being recomputed.
     """
     frames = read_labels(job.labels_path, job.n_labels)
-    inputs = {"n_labels": int(job.n_labels), "energy_offset_eV": float(job.energy_offset_eV), "labels_sha256": labels_digest(frames)}
+    inputs = {"n_labels": int(job.n_labels), "energy_offset_eV": float(job.energy_offset_eV), "labels_sha256": structures_digest(frames, results=True)}
     path = Path(job.chain_path)
     if job.generation is not None:
-        done = _find_done_update(path, job.generation, inputs)
+        done = find_done_update(path, job.generation, inputs)
         if done is not None:
             return {**done, "reused": True}
     spec = replace(job.model, device=resolve_device(job.model.device))
@@ -179,7 +168,7 @@ def update_chain_file(job: ChainJob) -> dict:
             max_retries=job.divergence_retries,
         )
     result = {"chain": job.index, **asdict(stats)}
-    _keep_previous(path)
+    keep_previous(path)
     chain.save(path, meta={**inputs, "stats": result})
     return {**result, "reused": False}
 
@@ -200,97 +189,3 @@ def _reproducible(device: torch.device) -> Iterator[None]:
         yield
 
 
-def labels_digest(frames: Sequence) -> str:
-    """SHA-256 of the labelled structures an update sees (positions, cell, DFT results)."""
-    digest = hashlib.sha256()
-    for atoms in frames:
-        digest.update(np.ascontiguousarray(atoms.numbers).tobytes())
-        digest.update(np.ascontiguousarray(atoms.positions).tobytes())
-        digest.update(np.ascontiguousarray(atoms.cell.array).tobytes())
-        for key in ("energy", "forces", "stress"):
-            if atoms.calc is not None and key in atoms.calc.results:
-                digest.update(np.ascontiguousarray(atoms.calc.results[key], dtype=float).tobytes())
-    return digest.hexdigest()
-
-
-def previous_path(path: str | os.PathLike) -> Path:
-    """``chain_K.prev.pt``: the chain file before its latest update."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.prev.pt")
-
-
-def next_path(path: str | os.PathLike) -> Path:
-    """``chain_K.next.pt``: an update made after the last checkpoint, kept for reuse on resume."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.next.pt")
-
-
-def _matches(path: Path, generation: int, inputs: dict) -> dict | None:
-    if not path.is_file():
-        return None
-    header = read_chain_header(path)
-    meta = header["meta"]
-    same = all(meta.get(k) == v for k, v in inputs.items())
-    return meta.get("stats") if header["n_updates"] == generation and same and "stats" in meta else None
-
-
-def _find_done_update(path: Path, generation: int, inputs: dict) -> dict | None:
-    done = _matches(path, generation, inputs)
-    if done is not None:
-        log.info("chain file %s is already at update %d with these labels; not recomputed", path, generation)
-        return done
-    candidate = next_path(path)
-    done = _matches(candidate, generation, inputs)
-    if done is not None and read_chain_header(path)["n_updates"] == generation - 1:
-        _keep_previous(path)
-        os.replace(candidate, path)
-        log.info("reused the update %d of %s made before the run was interrupted", generation, path)
-    return done
-
-
-def _keep_previous(path: Path) -> None:
-    target = previous_path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:  # no hard links on this file system: copy
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
-
-
-def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int) -> None:
-    """Put every chain file back at update ``generation`` (the checkpoint's), for a resume.
-
-    A chain already updated past the checkpoint is moved to ``chain_K.next.pt`` (the resumed
-    run reuses it when it repeats that update with the same labels) and its
-    ``chain_K.prev.pt`` takes its place.
-
-    Raises
-    ------
-    ConfigurationError
-        If neither file of a chain is at ``generation``.
-    """
-    for path in map(Path, paths):
-        previous = previous_path(path)
-        n_updates = read_chain_header(path)["n_updates"] if path.is_file() else None
-        if n_updates == generation:
-            continue
-        if n_updates in (None, generation + 1) and previous.is_file() and read_chain_header(previous)["n_updates"] == generation:
-            tmp = path.with_name(f".{path.name}.restore")
-            shutil.copyfile(previous, tmp)
-            if n_updates is not None:
-                os.replace(path, next_path(path))
-            os.replace(tmp, path)
-            log.warning("chain %s was updated after the last checkpoint: restored update %d", path, generation)
-            continue
-        raise ConfigurationError(
-            f"chain file {path} is at update {n_updates} and cannot be brought back to the "
-            f"checkpoint's update {generation}; the run directory was changed by hand or by "
-            "another program. Restart the run with --restart-from-scratch."
-        )
-
-
-def load_samples(paths: Sequence[str | os.PathLike]) -> list[dict[str, torch.Tensor]]:
-    """Read the current weight sample of each chain file (CPU tensors)."""
-    return [load_sample(p) for p in paths]

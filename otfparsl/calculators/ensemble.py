@@ -18,12 +18,13 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from otfparsl.bayes.model import BayesianModel
-from otfparsl.from_settings import model_spec
+from otfparsl.from_settings import energy_sigma_eV, model_spec
 from otfparsl.models import load_adapter
 from otfparsl.models.base import ModelAdapter
+from otfparsl.run.chains import load_samples
 from otfparsl.run.directory import RunDirectory
 from otfparsl.settings import RunSettings
-from otfparsl.training import build_bayesian_model, load_samples
+from otfparsl.training import build_bayesian_model
 from otfparsl.units import STRESS_SIGMA_EV_PER_A3
 
 Sample = dict[str, torch.Tensor]
@@ -102,7 +103,7 @@ class EnsembleCalculator(Calculator):
         return cls.from_chain_files(
             load_adapter(model_spec(settings.model, device=device)),
             rd.chain_files(),
-            energy_sigma_eV=0.1 * settings.calibration.energy_threshold_eV,
+            energy_sigma_eV=energy_sigma_eV(settings.calibration),
             variance_ddof=settings.bayes.variance_ddof,
         )
 

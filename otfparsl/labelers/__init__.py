@@ -1,37 +1,47 @@
 """Reference (DFT) labelers: one structure in, a labelled copy out.
 
-``make_labeler("pyscf", xc="b3lyp", basis="6-31g")``, ``make_labeler("vasp", incar={...},
-kpts=(2, 2, 2))``, ``make_labeler("ase", name="gpaw", kwargs={...})``.
+A DFT code is one module of this package that declares ``KIND = LabelerKind(...)`` (its name,
+labeller class and a summary); the labeller class holds its options as dataclass fields and its
+own checks (``check_structure``, ``check_environment``). Nothing else lists the codes:
+``kinds()`` collects the declarations, ``make_labeler("pyscf", xc="b3lyp", basis="6-31g")``
+builds one and rejects unknown options with a suggestion.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib
+import pkgutil
 from typing import Any
 
 from otfparsl.errors import ConfigurationError
-from otfparsl.labelers.ase_generic import ASECalculatorLabeler, resolve_calculator_class
-from otfparsl.labelers.base import Labeler, labelled_copy, prepare_workdir
-from otfparsl.labelers.pyscf import PySCFLabeler
-from otfparsl.labelers.vasp import VaspLabeler
+from otfparsl.labelers.base import Labeler, LabelerKind, labelled_copy, prepare_workdir
 
 __all__ = [
-    "ASECalculatorLabeler",
     "Labeler",
-    "PySCFLabeler",
-    "VaspLabeler",
+    "LabelerKind",
+    "kinds",
     "labelled_copy",
     "make_labeler",
     "prepare_workdir",
-    "resolve_calculator_class",
 ]
 
-_KINDS: dict[str, type] = {
-    "pyscf": PySCFLabeler,
-    "vasp": VaspLabeler,
-    "ase": ASECalculatorLabeler,
-}
+_NOT_KINDS = frozenset({"base"})
+
+
+@functools.lru_cache(maxsize=1)
+def kinds() -> dict[str, LabelerKind]:
+    """Return every labeller kind declared in this package, by name."""
+    found: dict[str, LabelerKind] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_KINDS or info.name.startswith("_"):
+            continue
+        kind = getattr(importlib.import_module(f"{__name__}.{info.name}"), "KIND", None)
+        if isinstance(kind, LabelerKind):
+            found[kind.name] = kind
+    return dict(sorted(found.items()))
 
 
 def make_labeler(kind: str, **options: Any) -> Labeler:
@@ -40,20 +50,19 @@ def make_labeler(kind: str, **options: Any) -> Labeler:
     Parameters
     ----------
     kind
-        ``"pyscf"``, ``"vasp"`` or ``"ase"``.
+        A name of :func:`kinds` (``"pyscf"``, ``"vasp"``, ``"ase"``).
     **options
-        Constructor arguments of :class:`PySCFLabeler`, :class:`VaspLabeler` or
-        :class:`ASECalculatorLabeler`.
+        Fields of that kind's labeller class.
     """
-    cls = _KINDS.get(kind.lower())
-    if cls is None:
+    declared = kinds().get(kind.lower())
+    if declared is None:
         raise ConfigurationError(
-            f"unknown labeler kind {kind!r}; allowed: {sorted(_KINDS)}. Use 'ase' with "
+            f"unknown labeler kind {kind!r}; allowed: {sorted(kinds())}. Use 'ase' with "
             "name=... for other ASE calculators (gpaw, espresso, cp2k, emt)."
         )
-    _check_option_names(kind, cls, options)
+    _check_option_names(kind, declared.labeler, options)
     try:
-        return cls(**options)
+        return declared.labeler(**options)
     except TypeError as exc:
         raise ConfigurationError(f"invalid options for the {kind!r} labeler: {exc}") from exc
 

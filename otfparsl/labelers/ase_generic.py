@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from ase import Atoms
 
 from otfparsl.errors import ConfigurationError, LabelingFailed, SCFNotConverged
-from otfparsl.labelers.base import is_periodic, labelled_copy, prepare_workdir
+from otfparsl.labelers.base import LabelerKind, is_periodic, labelled_copy, prepare_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ class ASECalculatorLabeler:
                 "working directory, chosen by the caller."
             )
 
+    def check_structure(self, atoms: Atoms) -> None:
+        """Accept any structure: the calculator itself decides what it can compute."""
+
+    def check_environment(self, symbols: Iterable[str]) -> None:
+        """Raise unless the calculator class can be imported here."""
+        resolve_calculator_class(self.name)
+
     def make_calculator(self, workdir: Path) -> Any:
         """Return a new calculator instance that works in ``workdir``."""
         cls = resolve_calculator_class(self.name)
@@ -127,3 +135,9 @@ class ASECalculatorLabeler:
             raise LabelingFailed(f"{self.name} failed in {path}: {exc}", output=str(path)) from exc
         seconds = time.perf_counter() - start
         return labelled_copy(atoms, energy, forces, stress, seconds, self.name)
+
+
+KIND = LabelerKind(
+    name="ase", labeler=ASECalculatorLabeler,
+    summary="any ASE calculator by name (gpaw, espresso, cp2k, emt, 'module:Class') with its kwargs",
+)  # fmt: skip

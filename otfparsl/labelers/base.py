@@ -13,6 +13,8 @@ sent to a remote worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +50,36 @@ class Labeler(Protocol):
             ``info["label_seconds"]``.
         """
         ...
+
+    def check_structure(self, atoms: Atoms) -> None:
+        """Raise ConfigurationError when this labeller cannot label ``atoms`` (no I/O)."""
+        ...
+
+    def check_environment(self, symbols: Iterable[str]) -> None:
+        """Raise when what the labeller needs is missing where it runs (a `dft` worker)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LabelerKind:
+    """One DFT code, declared once in its own module of :mod:`otfparsl.labelers`.
+
+    The module defines ``KIND = LabelerKind(...)``; settings, preflight and ``make_labeler`` ask
+    the registry (:func:`otfparsl.labelers.kinds`) and the labeller's own checks.
+
+    Attributes
+    ----------
+    name
+        The value of ``labeler.kind`` in a run YAML.
+    labeler
+        The labeller class: a frozen dataclass whose fields are ``labeler.options``.
+    summary
+        One line for the docs and errors: what it computes and for which structures.
+    """
+
+    name: str
+    labeler: type
+    summary: str
 
 
 def prepare_workdir(workdir: str | Path) -> Path:

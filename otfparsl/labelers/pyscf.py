@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import numpy as np
 from ase import Atoms, units
 
 from otfparsl.errors import ConfigurationError, MissingDependencyError, SCFNotConverged
-from otfparsl.labelers.base import labelled_copy, prepare_workdir
+from otfparsl.labelers.base import LabelerKind, labelled_copy, prepare_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,35 @@ class PySCFLabeler:
         mf.diis_space = self.diis_space
         return mf.newton() if self.second_order else mf
 
+    def check_structure(self, atoms: Atoms) -> None:
+        """Raise ConfigurationError unless ``atoms`` is a molecule whose charge and spin fit."""
+        if np.any(atoms.pbc):
+            raise ConfigurationError(
+                f"the 'pyscf' labeller handles molecules only; the structure has "
+                f"pbc={atoms.pbc.tolist()} ({atoms.get_chemical_formula()}). Use labeler.kind "
+                "'vasp' or 'ase' (GPAW, CP2K, Quantum ESPRESSO) for a periodic cell, or give a "
+                "molecule without a cell"
+            )
+        n_electrons = int(atoms.numbers.sum()) - self.charge
+        if n_electrons < 1:
+            raise ConfigurationError(
+                f"charge={self.charge} leaves {n_electrons} electrons in "
+                f"{atoms.get_chemical_formula()} (sum of Z = {int(atoms.numbers.sum())}); fix "
+                "labeler.options.charge"
+            )
+        if self.spin > n_electrons or (n_electrons - self.spin) % 2:
+            allowed = "0, 2, 4, ..." if n_electrons % 2 == 0 else "1, 3, 5, ..."
+            raise ConfigurationError(
+                f"spin (2S) = {self.spin} does not fit {n_electrons} electrons "
+                f"({atoms.get_chemical_formula()}, charge={self.charge}); allowed: {allowed}; "
+                "fix labeler.options.spin or labeler.options.charge"
+            )
+
+    def check_environment(self, symbols: Iterable[str]) -> None:
+        """Raise MissingDependencyError when pyscf cannot be imported here."""
+        if importlib.util.find_spec("pyscf") is None:
+            raise MissingDependencyError("pyscf", "dft", "The PySCF labeler")
+
     def label(self, atoms: Atoms, workdir: Path) -> Atoms:
         """Return a copy of the molecule with PySCF energy (eV) and forces (eV/Å).
 
@@ -193,3 +224,9 @@ class PySCFLabeler:
         gradient = grad.kernel()  # Hartree/Bohr, shape (n_atoms, 3)
         forces = -np.asarray(gradient, dtype=float) * units.Hartree / units.Bohr
         return float(energy) * units.Hartree, forces
+
+
+KIND = LabelerKind(
+    name="pyscf", labeler=PySCFLabeler,
+    summary="PySCF (pip extra 'dft'): Kohn-Sham DFT of molecules (no cell), in process",
+)  # fmt: skip

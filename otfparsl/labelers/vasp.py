@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from ase import Atoms
 
 from otfparsl.errors import ConfigurationError, LabelingFailed, SCFNotConverged
-from otfparsl.labelers.base import is_periodic, labelled_copy, prepare_workdir
+from otfparsl.labelers.base import LabelerKind, is_periodic, labelled_copy, prepare_workdir
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class VaspLabeler:
 
     def write_inputs(self, atoms: Atoms, workdir: Path) -> Any:
         """Write INCAR, KPOINTS, POSCAR and POTCAR into ``workdir``; return the calculator."""
-        self._check_atoms(atoms)
+        self.check_structure(atoms)
         path = prepare_workdir(workdir)
         calc = self.make_calculator(path)
         try:
@@ -159,12 +160,38 @@ class VaspLabeler:
             ) from exc
         return calc
 
-    @staticmethod
-    def _check_atoms(atoms: Atoms) -> None:
+    def check_structure(self, atoms: Atoms) -> None:
+        """Raise ConfigurationError unless ``atoms`` is fully periodic."""
         if not is_periodic(atoms):
             raise ConfigurationError(
-                f"VaspLabeler needs a periodic cell; got pbc={atoms.pbc.tolist()}. "
-                "Put a molecule in a box with pbc=True, or use the 'pyscf' labeler."
+                f"the 'vasp' labeller needs a periodic cell; the structure has pbc={atoms.pbc.tolist()} "
+                f"({atoms.get_chemical_formula()}). Put the molecule in a box with pbc=True (e.g. an "
+                "extxyz with a Lattice and pbc=\"T T T\"), or use labeler.kind 'pyscf'"
+            )
+
+    def check_environment(self, symbols: Iterable[str]) -> None:
+        """Raise unless the VASP command is set and on PATH and every element has a POTCAR."""
+        self.resolve_command()
+        folder = self.resolve_pp_folder()
+        from ase.calculators.vasp.create_input import get_pp_setup
+
+        try:
+            setups, _ = get_pp_setup(self.setups)
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigurationError(
+                f"VASP setups {self.setups!r} not understood; use None, 'minimal', "
+                "'recommended', 'gw' or a dict such as {'Mn': '_pv'}"
+            ) from None
+        missing = []
+        for symbol in sorted(set(symbols)):
+            potcar = folder / f"{symbol}{setups.get(symbol, '')}" / "POTCAR"
+            if not (potcar.is_file() or potcar.with_name("POTCAR.Z").is_file()):
+                missing.append(str(potcar))
+        if missing:
+            raise ConfigurationError(
+                f"no POTCAR for {len(missing)} element(s): {', '.join(missing)} does not exist. "
+                "Check pp, setups and VASP_PP_PATH/pp_path (each element needs "
+                "<pp_path>/<family>/<El><setup>/POTCAR)"
             )
 
     def label(self, atoms: Atoms, workdir: Path) -> Atoms:
@@ -181,7 +208,7 @@ class VaspLabeler:
         """
         from ase.calculators.calculator import CalculatorError
 
-        self._check_atoms(atoms)
+        self.check_structure(atoms)
         command = self.resolve_command()
         path = prepare_workdir(workdir)
         start = time.perf_counter()
@@ -202,3 +229,9 @@ class VaspLabeler:
             )
         seconds = time.perf_counter() - start
         return labelled_copy(atoms, energy, forces, stress, seconds, "vasp")
+
+
+KIND = LabelerKind(
+    name="vasp", labeler=VaspLabeler,
+    summary="VASP through ASE: periodic cells (energy, forces, stress); needs VASP and POTCARs on the dft nodes",
+)  # fmt: skip

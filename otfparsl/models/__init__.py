@@ -1,19 +1,25 @@
 """Foundation-model adapters behind one :class:`~otfparsl.models.base.ModelAdapter` protocol.
 
-``load_adapter(spec)`` builds the adapter of a :class:`~otfparsl.models.base.ModelSpec`;
-``family_defaults(family)`` gives the published method settings of a model family.
-Optional dependencies (mace-torch, chgnet) are imported only when an adapter is built.
+A model family is one module of this package that declares ``FAMILY = ModelFamily(...)`` (its
+name, adapter class, package, pip extra, published defaults and sources); nothing else lists
+the families. ``families()`` collects the declarations, ``load_adapter(spec)`` builds the
+adapter of a :class:`~otfparsl.models.base.ModelSpec`, ``family_defaults(family)`` gives the
+published method settings. Optional dependencies (mace-torch, chgnet, ...) are imported only
+when an adapter is built.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import pkgutil
 
 from otfparsl.errors import ConfigurationError, MissingDependencyError
 from otfparsl.models.base import (
     FamilyDefaults,
     ModelAdapter,
+    ModelFamily,
     ModelSpec,
     PreparedStructure,
     attach_labels,
@@ -24,72 +30,63 @@ from otfparsl.models.base import (
 __all__ = [
     "FamilyDefaults",
     "ModelAdapter",
+    "ModelFamily",
     "ModelSpec",
     "PreparedStructure",
     "attach_labels",
     "collate_labels",
+    "families",
     "family_defaults",
+    "get_family",
     "load_adapter",
     "structure_index",
 ]
 
-#: Published settings per family (method.md sections 1, 2, 3 and 5).
-#: CHGNet is not in the paper. Its values were chosen the paper's way on ethanol
-#: (docs/study_spread.md): sigma_TL 0.2 (NequIP's) is the smallest shown to fit three labels;
-#: gamma0 1e-3 is the largest step size measured stable there with held-out errors no worse
-#: (3e-3 was stable too but worse), and gives 4x the member spread of NequIP's 1e-4; NequIP's
-#: head; the calibration prior is the original code's (a=1.5, b=10).
-_FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
-    "mace": FamilyDefaults(sigma_tl=0.5, step_size=1e-3, head_hidden=(64, 16),
-                           calibration_a=1.5, calibration_b=10.0),
-    "nequip": FamilyDefaults(sigma_tl=0.2, step_size=1e-4, head_hidden=(32, 16),
-                             calibration_a=3.0, calibration_b=10.0),
-    "equiformer": FamilyDefaults(sigma_tl=0.02, step_size=1e-4, head_hidden=(64, 16),
-                                 calibration_a=1.5, calibration_b=10.0),
-    "chgnet": FamilyDefaults(sigma_tl=0.2, step_size=1e-3, head_hidden=(32, 16),
-                             calibration_a=1.5, calibration_b=10.0),
-}
+_NOT_FAMILIES = frozenset({"base"})
 
-# family -> (module, class, pip package, extra)
-_ADAPTERS: dict[str, tuple[str, str, str, str]] = {
-    "mace": ("otfparsl.models.mace", "MACEAdapter", "mace", "mace"),
-    "chgnet": ("otfparsl.models.chgnet", "CHGNetAdapter", "chgnet", "chgnet"),
-}
+
+@functools.lru_cache(maxsize=1)
+def families() -> dict[str, ModelFamily]:
+    """Return every model family declared in this package, by name."""
+    found: dict[str, ModelFamily] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_FAMILIES or info.name.startswith("_"):
+            continue
+        family = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
+        if isinstance(family, ModelFamily):
+            found[family.name] = family
+    return dict(sorted(found.items()))
+
+
+def get_family(name: str) -> ModelFamily:
+    """Return the declaration of model family ``name``.
+
+    Raises
+    ------
+    ConfigurationError
+        For an unknown family; the message lists the allowed ones.
+    """
+    known = families()
+    if name not in known:
+        raise ConfigurationError(
+            f"unknown model family {name!r}; allowed: {sorted(known)}. Set model.family to one of them."
+        )
+    return known[name]
 
 
 def family_defaults(family: str) -> FamilyDefaults:
     """Return the published method settings of a model family.
-
-    Parameters
-    ----------
-    family
-        ``"mace"``, ``"nequip"``, ``"equiformer"`` or ``"chgnet"``.
 
     Returns
     -------
     FamilyDefaults
         sigma_TL, gamma_0, sigma-head hidden sizes, calibration Gamma prior (a, b).
     """
-    try:
-        return _FAMILY_DEFAULTS[family]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown model family {family!r}; allowed: {sorted(_FAMILY_DEFAULTS)}"
-        ) from None
+    return get_family(family).defaults
 
 
 def load_adapter(spec: ModelSpec) -> ModelAdapter:
     """Build the adapter of a model spec (loads or builds the weights).
-
-    Parameters
-    ----------
-    spec
-        Which family, weights source, dtype, device and seed.
-
-    Returns
-    -------
-    ModelAdapter
-        The adapter; its ``core`` holds the foundation weights.
 
     Raises
     ------
@@ -98,13 +95,14 @@ def load_adapter(spec: ModelSpec) -> ModelAdapter:
     MissingDependencyError
         When the family's package is not installed (the message gives the pip extra).
     """
-    if spec.family not in _ADAPTERS:
-        raise ConfigurationError(
-            f"model family {spec.family!r} has no adapter; allowed: {sorted(_ADAPTERS)}. "
-            "Set model.family to one of them."
-        )
-    module_name, class_name, package, extra = _ADAPTERS[spec.family]
-    if importlib.util.find_spec(package) is None:
-        raise MissingDependencyError(package, extra, f"the {spec.family!r} model family")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)(spec)
+    family = get_family(spec.family)
+    if importlib.util.find_spec(family.package) is None:
+        raise MissingDependencyError(family.package, family.extra, f"the {spec.family!r} model family")
+    module = importlib.import_module(f"{__name__}.{spec.family}")
+    return getattr(module, family.adapter)(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_adapter(spec: ModelSpec) -> ModelAdapter:
+    """Return one adapter per spec and process (the one adapter cache: chain workers, preflight)."""
+    return load_adapter(spec)

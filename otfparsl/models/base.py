@@ -73,6 +73,38 @@ class FamilyDefaults:
     calibration_b: float = 10.0
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything otfparsl knows about one model family, declared once in its own module.
+
+    A family's module (``otfparsl/models/NAME.py``) defines ``FAMILY = ModelFamily(...)`` and
+    imports its optional package only inside functions, so the registry
+    (:func:`otfparsl.models.families`) can read every declaration without that package.
+
+    Attributes
+    ----------
+    name
+        The value of ``model.family`` in a run YAML.
+    adapter
+        Name of the adapter class in the same module (built by ``load_adapter``).
+    package
+        Importable package the adapter needs (checked before building, for the install hint).
+    extra
+        pip extra of otfparsl that installs ``package`` (``pip install "otfparsl[EXTRA]"``).
+    defaults
+        The method's published settings for this family.
+    sources
+        One line for the docs and errors: what ``model.source`` may be.
+    """
+
+    name: str
+    adapter: str
+    package: str
+    extra: str
+    defaults: FamilyDefaults
+    sources: str
+
+
 @dataclass
 class PreparedStructure:
     """One structure, prepared once for a model (graph + labels), on CPU.

@@ -23,8 +23,14 @@ from ase import Atoms
 
 from otfparsl.bayes.types import Batch, Prediction
 from otfparsl.errors import ConfigurationError, ModelError
-from otfparsl.models import family_defaults
-from otfparsl.models.base import ModelSpec, PreparedStructure, collate_labels, structure_index
+from otfparsl.models.base import (
+    FamilyDefaults,
+    ModelFamily,
+    ModelSpec,
+    PreparedStructure,
+    collate_labels,
+    structure_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +196,7 @@ class MACEAdapter:
             p.requires_grad_(True)
         self.core = MACECore(model).to(self.device)
         self.n_features = int(self.core.feature_index.numel())
-        self.defaults = family_defaults("mace")
+        self.defaults = FAMILY.defaults
         self.r_max = float(model.r_max)
         self.atomic_numbers = [int(z) for z in model.atomic_numbers]
         self._z_to_index = {z: i for i, z in enumerate(self.atomic_numbers)}
@@ -252,3 +258,12 @@ class MACEAdapter:
         }
         return Batch(inputs=inputs, structure_index=sidx, n_structures=len(items),
                      **collate_labels(items, dt, dev))
+
+
+#: MACE in the paper (MACE-MP-0 medium): sigma_TL 0.5, gamma_0 1e-3, head (64, 16), a=1.5, b=10.
+FAMILY = ModelFamily(
+    name="mace", adapter="MACEAdapter", package="mace", extra="mace",
+    defaults=FamilyDefaults(sigma_tl=0.5, step_size=1e-3, head_hidden=(64, 16),
+                            calibration_a=1.5, calibration_b=10.0),
+    sources="'mace-mp-0:small|medium|large' (downloads once), a path to a .model file, or 'tiny' (tests)",
+)  # fmt: skip

@@ -22,14 +22,16 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from otfparsl import jsonable
-from otfparsl.calculators.otf import Learner
-from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
+from otfparsl.run.chains import restore_chain_generation
 from otfparsl.run.directory import EventLog, RunDirectory
-from otfparsl.training import restore_chain_generation
+
+if TYPE_CHECKING:
+    from otfparsl.learning import Learner
 
 FORMAT = "otfparsl.checkpoint/1"
 
@@ -56,32 +58,24 @@ class Checkpointer:
     ----------
     rd
         The run directory.
-    learner, calibrator, events, counter
-        The run's shared state (saved in every checkpoint).
+    learner, events, counter
+        The run's shared state (saved in every checkpoint; the calibration is the learner's).
     interval
         Commit every this many MD steps (besides after every step that called DFT).
-    walkers
-        Walker snapshots of the checkpoint a resumed run starts from.
-    wall_s
-        Wall time of earlier sessions of this run (summed into ``wall_s``).
+    previous
+        The checkpoint a resumed run starts from: its walker snapshots, and its wall time
+        (summed into ``wall_s``).
     """
 
     def __init__(
-        self,
-        rd: RunDirectory,
-        learner: Learner,
-        calibrator: Calibrator,
-        events: EventLog,
-        counter: LabelCounter,
-        interval: int,
-        walkers: dict[int, dict] | None = None,
-        wall_s: float = 0.0,
-    ) -> None:
-        self.rd, self.learner, self.calibrator = rd, learner, calibrator
-        self.events, self.counter, self.interval = events, counter, interval
-        self._walkers: dict[int, dict] = dict(walkers or {})
+        self, rd: RunDirectory, learner: Learner, events: EventLog, counter: LabelCounter, interval: int,
+        previous: dict | None = None,
+    ) -> None:  # fmt: skip
+        self.rd, self.learner, self.events, self.counter, self.interval = rd, learner, events, counter, interval
+        previous = previous or {"walkers": [], "wall_s": 0.0}
+        self._walkers: dict[int, dict] = {w["walker"]: w for w in previous["walkers"]}
         self._lock = threading.Lock()
-        self._wall_offset_s = wall_s
+        self._wall_offset_s = previous["wall_s"]
         self._start = time.perf_counter()
         self.commits = 0
 
@@ -106,7 +100,7 @@ class Checkpointer:
                     return False
                 state = {
                     "format": FORMAT, "done": done, "wall_s": self.wall_s,
-                    "learner": learner_state, "calibration": self.calibrator.to_dict(),
+                    "learner": learner_state.as_dict(), "calibration": self.learner.rule.calibrator.to_dict(),
                     "label_counter": self.counter.value, "events_bytes": self.events.flush(),
                     "labels_bytes": _size(self.rd.labels),
                     "walkers": [self._walkers[w] for w in sorted(self._walkers)],

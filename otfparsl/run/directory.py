@@ -17,9 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from otfparsl.fileio import atomic_write_text
+from otfparsl.jsonable import plain_default
 
 #: Name of the lock file in a run directory (see :mod:`otfparsl.run.lock`).
 LOCK_NAME = ".lock"
@@ -69,7 +68,7 @@ class EventLog:
     def write(self, event: dict) -> None:
         """Append one event."""
         stamped = {**event, "wall_s": round(time.perf_counter() - self._t0, 4)}
-        line = json.dumps(stamped, default=_json_default)
+        line = json.dumps(stamped, default=plain_default)
         with self._lock:
             self._handle.write(line + "\n")
 
@@ -96,15 +95,4 @@ def read_events(path: str | os.PathLike) -> list[dict]:
 
 def save_json(path: str | os.PathLike, data: dict) -> None:
     """Write a JSON file atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
+    atomic_write_text(path, json.dumps(data, indent=2, default=plain_default))

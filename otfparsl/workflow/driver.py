@@ -14,7 +14,6 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,24 +21,31 @@ from ase import Atoms
 
 from otfparsl.analysis.metrics import binomial_interval
 from otfparsl.calculators.ensemble import EnsembleCalculator
-from otfparsl.calculators.otf import Learner
 from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
-from otfparsl.from_settings import make_calibrator, model_spec, sampler_config
-from otfparsl.labelers.cache import label_key, load_label
+from otfparsl.from_settings import (
+    energy_sigma_eV,
+    make_calibrator,
+    model_spec,
+    programme,
+    sampler_config,
+)
+from otfparsl.learning import Learner, LearnerState, Oracle, Posterior
+from otfparsl.learning.rule import DecisionRule
 from otfparsl.models import load_adapter
 from otfparsl.preflight import check_labeler_environments, check_run
+from otfparsl.run.chains import chain_path
 from otfparsl.run.checkpoint import Checkpointer, LabelCounter, prepare_resume, read_checkpoint
 from otfparsl.run.directory import LOCK_NAME, EventLog, RunDirectory, read_events, save_json
 from otfparsl.run.lock import run_lock
 from otfparsl.settings import RunSettings
 from otfparsl.structures import read_structure
-from otfparsl.training import ChainJob, chain_path, init_chain_files, load_samples
-from otfparsl.workflow.submit import Submitter, ThreadSubmitter, gather
-from otfparsl.workflow.tasks import label_structure, update_chain
-from otfparsl.workflow.walkers import StepInfo, run_walkers
+from otfparsl.training import init_chain_files
+from otfparsl.workflow.jobs import ChainSetup, ChainUpdates, DFTLabels
+from otfparsl.workflow.submit import Submitter, ThreadSubmitter
+from otfparsl.workflow.walkers import StepInfo, WalkerContext, run_walkers
 
 log = logging.getLogger(__name__)
 
@@ -245,85 +251,65 @@ def _run(
     checkpoint: dict | None,
 ) -> RunResult:
     adapter = load_adapter(model_spec(settings.model))
-    defaults = adapter.defaults
-    sigma_tl = settings.bayes.sigma_tl or defaults.sigma_tl
-    config = sampler_config(settings.bayes, defaults)
-    if checkpoint is None:
-        chain_paths = init_chain_files(adapter, rd.chains, settings.bayes.n_chains, settings.bayes.seed, config, sigma_tl)
-    else:
-        chain_paths = [chain_path(rd.chains, k) for k in range(settings.bayes.n_chains)]
-        prepare_resume(rd, checkpoint, chain_paths)
-    energy_sigma = 0.1 * settings.calibration.energy_threshold_eV
+    chain_paths = _chain_files(settings, rd, adapter, checkpoint)
+    energy_sigma = energy_sigma_eV(settings.calibration)
     ensemble = EnsembleCalculator.from_chain_files(
         adapter, chain_paths, energy_sigma, variance_ddof=settings.bayes.variance_ddof
     )
-    calibrator = make_calibrator(settings, defaults)
-    if checkpoint is not None:
-        calibrator = Calibrator.from_dict(checkpoint["calibration"])
+    calibrator = Calibrator.from_dict(checkpoint["calibration"]) if checkpoint else make_calibrator(settings, adapter.defaults)
     events = EventLog(rd.events)
     counter = LabelCounter(checkpoint["label_counter"] if checkpoint else 0)
-    learner = _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths, counter)
-    if checkpoint is not None:
-        learner.load_state_dict(checkpoint["learner"])
-        events.write({"event": "resume", "step": [w["step"] for w in checkpoint["walkers"]], "generation": learner.generation})
-    starts = {w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None
-    checkpointer = Checkpointer(
-        rd, learner, calibrator, events, counter, settings.md.checkpoint_interval,
-        walkers=starts, wall_s=checkpoint["wall_s"] if checkpoint else 0.0,
+    rule = DecisionRule(calibrator)
+    journal = RunEvents(events, rd, rule)
+    setup = ChainSetup(model_spec(settings.model, device=settings.model.chain_device), energy_sigma,
+                       settings.bayes.divergence_retries)  # fmt: skip
+    learner = Learner(
+        Posterior(ensemble, ChainUpdates(submitter, rd, chain_paths, setup)),
+        rule,
+        Oracle(DFTLabels(submitter, rd, settings.labeler, counter), settings.labeler.n_retries,
+               settings.labeler.max_consecutive_failures, journal),
+        LabelledDataset(rd.labels),
+        journal,
     )  # fmt: skip
+    if checkpoint is not None:
+        learner.restore(LearnerState(**checkpoint["learner"]))
+        events.write({"event": "resume", "step": [w["step"] for w in checkpoint["walkers"]], "generation": learner.generation})
+    checkpointer = Checkpointer(rd, learner, events, counter, settings.md.checkpoint_interval, previous=checkpoint)
     try:
-        n_steps = run_walkers(settings, atoms, learner, rd, events.write, on_step, checkpointer, starts)
+        ctx = WalkerContext(programme(settings.md), settings, learner, rd, events.write, on_step, checkpointer)
+        n_steps = run_walkers(ctx, atoms, {w["walker"]: w for w in checkpoint["walkers"]} if checkpoint else None)
         checkpointer.commit(done=True)
     finally:
         events.close()
-    result = _summarise(rd, learner.timers.as_dict(), n_steps, checkpointer.wall_s)
+    result = _summarise(rd, learner.timers, n_steps, checkpointer.wall_s)
     save_json(rd.summary, result.as_dict())
     return result
 
 
-def _make_learner(settings, submitter, rd, ensemble, calibrator, events, chain_paths, counter) -> Learner:
-    spec = model_spec(settings.model, device=settings.model.chain_device)
-    labeler = settings.labeler
+def _chain_files(settings: RunSettings, rd: RunDirectory, adapter, checkpoint: dict | None) -> list[Path]:
+    """New chain files for a new run; the checkpoint's generation of them for a resumed one."""
+    if checkpoint is None:
+        sigma_tl = settings.bayes.sigma_tl or adapter.defaults.sigma_tl
+        config = sampler_config(settings.bayes, adapter.defaults)
+        return init_chain_files(adapter, rd.chains, settings.bayes.n_chains, settings.bayes.seed, config, sigma_tl)
+    paths = [chain_path(rd.chains, k) for k in range(settings.bayes.n_chains)]
+    prepare_resume(rd, checkpoint, paths)
+    return paths
 
-    def label(atoms: Atoms, attempt: int):
-        workdir = rd.dft / f"label_{counter.next():05d}"
-        options = labeler.attempt_options(attempt)
-        cached = load_label(workdir, atoms, label_key(atoms, labeler.kind, options))
-        if cached is not None:
-            log.info("DFT label %s was finished before the interruption: reused", workdir.name)
-            return _completed(cached)
-        return submitter.submit("dft", label_structure, atoms, labeler.kind, options, str(workdir))
 
-    def update(n_labels: int, generation: int):
-        jobs = [
-            ChainJob(
-                index=k, chain_path=str(path), labels_path=str(rd.labels), n_labels=n_labels,
-                model=spec, energy_offset_eV=learner.energy_offset_eV,
-                energy_sigma_eV=ensemble.energy_sigma_eV, generation=generation,
-                divergence_retries=settings.bayes.divergence_retries,
-            )  # fmt: skip
-            for k, path in enumerate(chain_paths)
-        ]
-        return gather([submitter.submit("chains", update_chain, job) for job in jobs])
+@dataclass
+class RunEvents:
+    """The learner's event sink: ``events.jsonl``, and ``calibration.json`` after every label."""
 
-    def on_event(event: dict) -> None:
-        events.write(event)
+    log: EventLog
+    rd: RunDirectory
+    rule: DecisionRule
+
+    def __call__(self, event: dict) -> None:
+        """Write ``event``; refresh the calibration file when it is a label."""
+        self.log.write(event)
         if event["event"] == "label":
-            state = {**calibrator.to_dict(), "energy_offset_eV": learner.energy_offset_eV}
-            save_json(rd.calibration, state)
-
-    learner = Learner(
-        ensemble, calibrator, LabelledDataset(rd.labels), label, update,
-        lambda: load_samples(chain_paths), on_event,
-        label_retries=labeler.n_retries, max_consecutive_failures=labeler.max_consecutive_failures,
-    )  # fmt: skip
-    return learner
-
-
-def _completed(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
+            save_json(self.rd.calibration, self.rule.state())
 
 
 def _summarise(rd: RunDirectory, timers: dict[str, float], n_steps: int, wall_s: float) -> RunResult:

@@ -23,7 +23,7 @@ def label_structure(atoms: Atoms, kind: str, options: dict[str, Any], workdir: s
     ``workdir/label.json`` so that a resumed run never pays for it twice.
     """
     from otfparsl.labelers import make_labeler
-    from otfparsl.labelers.cache import label_key, save_label
+    from otfparsl.run.label_cache import label_key, save_label
 
     start = time.perf_counter()
     labelled = make_labeler(kind, **options).label(atoms, Path(workdir))

@@ -17,11 +17,12 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from otfparsl.calculators.otf import Learner, OnTheFlyCalculator
-from otfparsl.md import Segment, TemperatureProgramme
+from otfparsl.calculators.otf import OnTheFlyCalculator
+from otfparsl.learning import Learner
+from otfparsl.md import TemperatureProgramme
 from otfparsl.md.state import capture_md_state, restore_md_state
 from otfparsl.run.directory import RunDirectory
-from otfparsl.settings import MDSettings, RunSettings
+from otfparsl.settings import RunSettings
 
 if TYPE_CHECKING:
     from otfparsl.run.checkpoint import Checkpointer
@@ -49,35 +50,31 @@ class StepInfo:
     n_labels: int
 
 
-def programme_from_settings(md: MDSettings) -> TemperatureProgramme:
-    """Turn the YAML temperature programme into MD segments."""
-    return TemperatureProgramme([Segment(**seg.model_dump()) for seg in md.segments])
+@dataclass(frozen=True)
+class WalkerContext:
+    """What every walker of a run shares."""
+
+    programme: TemperatureProgramme
+    settings: RunSettings
+    learner: Learner
+    rd: RunDirectory
+    write_event: Callable[[dict], None]
+    on_step: Callable[[StepInfo], None] | None = None
+    checkpointer: Checkpointer | None = None
 
 
-def run_walkers(
-    settings: RunSettings,
-    atoms: Atoms,
-    learner: Learner,
-    rd: RunDirectory,
-    write_event: Callable[[dict], None],
-    on_step: Callable[[StepInfo], None] | None = None,
-    checkpointer: Checkpointer | None = None,
-    starts: dict[int, dict] | None = None,
-) -> int:
+def run_walkers(ctx: WalkerContext, atoms: Atoms, starts: dict[int, dict] | None = None) -> int:
     """Run every walker to the end of the programme; return the total number of MD steps.
 
-    ``starts`` holds the walker snapshots of a checkpoint to continue from (resume);
-    ``checkpointer`` receives each walker's state after every step.
+    ``starts`` holds the walker snapshots of a checkpoint to continue from (resume).
     """
-    n_walkers = settings.md.walkers
-    programme = programme_from_settings(settings.md)
+    n_walkers = ctx.settings.md.walkers
     counts = [0] * n_walkers
     errors: list[BaseException] = []
-    context = _WalkerContext(programme, settings, learner, rd, write_event, on_step, checkpointer)
 
     def target(w: int) -> None:
         try:
-            counts[w] = _run_walker(w, atoms.copy(), context, (starts or {}).get(w))
+            counts[w] = _run_walker(w, atoms.copy(), ctx, (starts or {}).get(w))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
@@ -99,58 +96,56 @@ def trajectory_path(rd: RunDirectory, walker: int) -> Path:
     return rd.trajectory if walker == 0 else rd.path / f"trajectory_w{walker}.extxyz"
 
 
-@dataclass(frozen=True)
-class _WalkerContext:
-    programme: TemperatureProgramme
-    settings: RunSettings
-    learner: Learner
-    rd: RunDirectory
-    write_event: Callable[[dict], None]
-    on_step: Callable[[StepInfo], None] | None
-    checkpointer: Checkpointer | None
-
-
-def _run_walker(w: int, atoms: Atoms, ctx: _WalkerContext, start: dict | None) -> int:
+def _run_walker(w: int, atoms: Atoms, ctx: WalkerContext, start: dict | None) -> int:
     seed = ctx.settings.md.seed + w * WALKER_SEED_STRIDE
     calc = OnTheFlyCalculator(ctx.learner, walker=w)
     atoms.calc = calc
     programme = ctx.programme
     if start is None:
         programme.initialize_velocities(atoms, seed)
-        first, logged = 0, [-1]
+        first, last_step = 0, -1
     elif start["finished"]:
         return int(start["calc"]["step_count"])
     else:
-        first, logged = int(start["segment"]), [int(start["step"])]
-    offsets = np.cumsum([0.0] + [s.n_steps * s.timestep_fs for s in programme.segments])
+        first, last_step = int(start["segment"]), int(start["step"])
+    recorder = _StepRecorder(ctx, w, atoms, calc, last_step)
     for index in range(first, len(programme.segments)):
-        segment = programme.segments[index]
         dyn = programme.make_dynamics(atoms, index, seed)
         if start is not None and index == first:
             restore_md_state(atoms, dyn, start["md"])
             calc.restore(atoms, start["calc"])
-        final = index == len(programme.segments) - 1
-
-        def observe(dyn=dyn, index=index, segment=segment, final=final) -> None:
-            step = calc.step_count - 1
-            if step == logged[0] or calc.last is None:
-                return
-            logged[0] = step
-            info = _step_info(w, step, index, offsets[index] + dyn.nsteps * segment.timestep_fs, atoms, calc, ctx.learner)
-            _record_step(ctx, w, info, atoms, calc)
-            if ctx.checkpointer is not None:
-                done = final and dyn.nsteps == segment.n_steps
-                snapshot = _snapshot(w, step, index, dyn, atoms, calc, ctx.rd, done)
-                ctx.checkpointer.step_done(w, snapshot, bool(calc.last.intervened))
-            if ctx.on_step is not None:
-                ctx.on_step(info)
-
-        dyn.attach(observe, interval=1)
-        dyn.run(segment.n_steps - dyn.nsteps)
+        dyn.attach(recorder.observe, interval=1, dyn=dyn, index=index)
+        dyn.run(programme.segments[index].n_steps - dyn.nsteps)
     return calc.step_count
 
 
-def _record_step(ctx: _WalkerContext, w: int, info: StepInfo, atoms: Atoms, calc: OnTheFlyCalculator) -> None:
+class _StepRecorder:
+    """Logs, writes and checkpoints each MD step of one walker (attached to its dynamics)."""
+
+    def __init__(self, ctx: WalkerContext, w: int, atoms: Atoms, calc: OnTheFlyCalculator, last_step: int) -> None:
+        self.ctx, self.w, self.atoms, self.calc, self.last_step = ctx, w, atoms, calc, last_step
+        segments = ctx.programme.segments
+        self.offsets_fs = np.cumsum([0.0] + [s.n_steps * s.timestep_fs for s in segments])
+
+    def observe(self, dyn, index: int) -> None:
+        """Record the step the calculator just took (once, even if the integrator calls twice)."""
+        step = self.calc.step_count - 1
+        if step == self.last_step or self.calc.last is None:
+            return
+        self.last_step = step
+        segment = self.ctx.programme.segments[index]
+        time_fs = self.offsets_fs[index] + dyn.nsteps * segment.timestep_fs
+        info = _step_info(self.w, step, index, time_fs, self.atoms, self.calc, self.ctx.learner)
+        _record_step(self.ctx, self.w, info, self.atoms, self.calc)
+        if self.ctx.checkpointer is not None:
+            done = index == len(self.ctx.programme.segments) - 1 and dyn.nsteps == segment.n_steps
+            snapshot = _snapshot(self.w, step, index, dyn, self.atoms, self.calc, self.ctx.rd, done)
+            self.ctx.checkpointer.step_done(self.w, snapshot, bool(self.calc.last.intervened))
+        if self.ctx.on_step is not None:
+            self.ctx.on_step(info)
+
+
+def _record_step(ctx: WalkerContext, w: int, info: StepInfo, atoms: Atoms, calc: OnTheFlyCalculator) -> None:
     ctx.write_event({"event": "step", **asdict(info)})
     if info.step % ctx.settings.md.trajectory_interval == 0:
         _write_frame(trajectory_path(ctx.rd, w), atoms, calc, info)

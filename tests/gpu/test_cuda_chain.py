@@ -29,14 +29,14 @@ import ase.io  # noqa: E402
 from otfparsl.bayes.chain import Chain, read_chain_header  # noqa: E402
 from otfparsl.bayes.sghmc import SGHMCConfig  # noqa: E402
 from otfparsl.calculators.ensemble import EnsembleCalculator  # noqa: E402
+from otfparsl.models import cached_adapter  # noqa: E402
 from otfparsl.models.base import attach_labels  # noqa: E402
+from otfparsl.run.chains import load_samples  # noqa: E402
 from otfparsl.testing import emt_copper_frames  # noqa: E402
 from otfparsl.training import (  # noqa: E402
     ChainJob,
     build_bayesian_model,
-    cached_adapter,
     init_chain_files,
-    load_samples,
     update_chain_file,
 )
 

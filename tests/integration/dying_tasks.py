@@ -29,7 +29,8 @@ def update_chain_dying_once(job, marker_dir: str, delay_s: float) -> dict:
     writes ``killed.json`` with the pid and the stack of the thread running the update.
     Later attempts run the update unchanged.
     """
-    from otfparsl.training import cached_adapter, resolve_device
+    from otfparsl.models import cached_adapter
+    from otfparsl.training import resolve_device
     from otfparsl.workflow.tasks import update_chain
 
     markers = Path(marker_dir)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ase.build import molecule
 
-from otfparsl.calculators.otf import TooManyLabelFailures
+from otfparsl.errors import TooManyLabelFailures
 from otfparsl.run.directory import read_events
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import resume, run

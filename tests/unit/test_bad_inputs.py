@@ -226,7 +226,7 @@ CASES = [
     Case(
         "unknown-labeler-kind",
         "ConfigurationError",
-        "labeler.kind: Input should be 'pyscf', 'vasp' or 'ase'",
+        "labeler.kind: unknown labeler kind 'gaussian'; allowed: ase, pyscf, vasp",
         {"labeler": {"kind": "gaussian"}},
     ),
     Case(

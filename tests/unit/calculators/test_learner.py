@@ -9,10 +9,11 @@ import pytest
 from ase.calculators.emt import EMT
 
 from otfparsl.calculators.ensemble import EnsembleCalculator
-from otfparsl.calculators.otf import Learner, OnTheFlyCalculator, TooManyLabelFailures
+from otfparsl.calculators.otf import OnTheFlyCalculator
 from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
-from otfparsl.errors import SCFNotConverged
+from otfparsl.errors import SCFNotConverged, TooManyLabelFailures
+from otfparsl.learning import DecisionRule, Learner, Oracle, Posterior
 from otfparsl.training import build_bayesian_model
 
 
@@ -39,16 +40,31 @@ class FlakyEMT:
         return _done(atoms)
 
 
-def _learner(adapter, tmp_path, label, **kwargs) -> tuple[Learner, list]:
+class FixedChains:
+    """A ChainUpdater that records each update and keeps the same samples."""
+
+    def __init__(self, sample):
+        self.sample, self.updates = sample, []
+
+    def update(self, n_labels, generation, energy_offset_eV):
+        self.updates.append(n_labels)
+        return _done([])
+
+    def samples(self):
+        return [self.sample, self.sample]
+
+
+def _learner(adapter, tmp_path, label, label_retries=1, max_consecutive_failures=3) -> tuple[Learner, list]:
     sample = build_bayesian_model(adapter).trainable_state()
     ensemble = EnsembleCalculator(adapter, [sample, sample], energy_sigma_eV=0.001)
-    updates: list[int] = []
     events: list[dict] = []
     learner = Learner(
-        ensemble, Calibrator(energy_threshold_eV=0.01), LabelledDataset(tmp_path / "labels.extxyz"),
-        label, lambda n, generation: updates.append(n) or _done([]), lambda: [sample, sample], events.append,
-        **kwargs,
-    )  # fmt: skip
+        Posterior(ensemble, FixedChains(sample)),
+        DecisionRule(Calibrator(energy_threshold_eV=0.01)),
+        Oracle(label, label_retries, max_consecutive_failures, events.append),
+        LabelledDataset(tmp_path / "labels.extxyz"),
+        events.append,
+    )
     return learner, events
 
 

@@ -9,7 +9,8 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from otfparsl.errors import ConfigurationError
-from otfparsl.labelers import ASECalculatorLabeler, Labeler, make_labeler
+from otfparsl.labelers import Labeler, make_labeler
+from otfparsl.labelers.ase_generic import ASECalculatorLabeler
 
 
 def _cu() -> object:

@@ -8,7 +8,8 @@ from ase import Atoms
 from ase.build import bulk
 
 from otfparsl.errors import ConfigurationError, SCFNotConverged
-from otfparsl.labelers import PySCFLabeler, make_labeler
+from otfparsl.labelers import make_labeler
+from otfparsl.labelers.pyscf import PySCFLabeler
 
 
 def _water() -> Atoms:

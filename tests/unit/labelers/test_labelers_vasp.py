@@ -6,7 +6,8 @@ import pytest
 from ase.build import bulk, molecule
 
 from otfparsl.errors import ConfigurationError
-from otfparsl.labelers import VaspLabeler, make_labeler
+from otfparsl.labelers import make_labeler
+from otfparsl.labelers.vasp import VaspLabeler
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import importlib.util
 import pytest
 
 from otfparsl.errors import ConfigurationError, MissingDependencyError
-from otfparsl.models import family_defaults, load_adapter
+from otfparsl.models import families, family_defaults, load_adapter
 from otfparsl.models.base import ModelSpec
+from otfparsl.settings import RunSettings
 from otfparsl.units import KCAL_PER_MOL_EV
 
 
@@ -16,14 +17,27 @@ def test_family_defaults_are_the_published_values():
     mace = family_defaults("mace")
     assert (mace.sigma_tl, mace.step_size, mace.head_hidden) == (0.5, 1e-3, (64, 16))
     assert (mace.calibration_a, mace.calibration_b) == (1.5, 10.0)
-    nequip = family_defaults("nequip")
-    assert (nequip.sigma_tl, nequip.step_size, nequip.head_hidden) == (0.2, 1e-4, (32, 16))
-    assert (nequip.calibration_a, nequip.calibration_b) == (3.0, 10.0)
-    eq = family_defaults("equiformer")
-    assert (eq.sigma_tl, eq.step_size, eq.head_hidden) == (0.02, 1e-4, (64, 16))
     chg = family_defaults("chgnet")
     assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-3, (32, 16))  # docs/study_spread.md
     assert KCAL_PER_MOL_EV == pytest.approx(1 / 23.0609, rel=1e-4)
+
+
+def test_every_family_is_declared_once_with_its_adapter():
+    import importlib
+
+    known = families()
+    assert {"chgnet", "mace"} <= set(known)
+    for name, family in known.items():
+        module = importlib.import_module(f"otfparsl.models.{name}")
+        assert module.FAMILY is family and family.name == name
+        assert callable(getattr(module, family.adapter)), f"{name}: no class {family.adapter}"
+        assert family.extra and family.package and family.sources
+    # settings accept exactly the declared families
+    RunSettings.from_dict({"structure": "x.xyz", "md": {"segments": [{"duration_fs": 1}]},
+                           "model": {"family": "mace", "source": "tiny"}})  # fmt: skip
+    with pytest.raises(ConfigurationError, match="unknown model family 'schnet'.*chgnet"):
+        RunSettings.from_dict({"structure": "x.xyz", "md": {"segments": [{"duration_fs": 1}]},
+                               "model": {"family": "schnet"}})  # fmt: skip
 
 
 def test_unknown_family_lists_allowed_values():

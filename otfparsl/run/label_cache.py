@@ -8,30 +8,24 @@ same structure with the same settings reads the result instead of running DFT ag
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from otfparsl import jsonable
 from otfparsl.fileio import atomic_write_text
+from otfparsl.structures import structures_digest
 
 RESULT_NAME = "label.json"
 
 
 def label_key(atoms: Atoms, kind: str, options: dict[str, Any]) -> str:
     """SHA-256 of the exact structure (bits of positions, cell, pbc, numbers) and the settings."""
-    digest = hashlib.sha256()
-    for array in (atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    digest.update(kind.encode())
-    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    return structures_digest([atoms], extra=kind + json.dumps(options, sort_keys=True, default=str))
 
 
 def save_label(workdir: str | os.PathLike, key: str, labelled: Atoms) -> None:
