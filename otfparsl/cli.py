@@ -166,7 +166,8 @@ def sites_check(
     timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds per role.")] = 600.0,
 ) -> None:
     """Start a site profile, run one no-op task per role, and report what each found."""
-    from otfparsl.workflow.site import check_site, format_report, parse_site_options
+    from otfparsl.workflow.site import check_site, format_report
+    from otfparsl.workflow.site_options import parse_site_options
 
     with _user_errors():
         reports = check_site(site, run_dir, parse_site_options(site_option or []), timeout_s=timeout_s)
@@ -201,7 +202,8 @@ def _submitter(site: Path | None, options: list[str], run_dir: Path, command: st
             with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
                 yield submitter
             return
-        from otfparsl.workflow.site import open_site, parse_site_options
+        from otfparsl.workflow.site import open_site
+        from otfparsl.workflow.site_options import parse_site_options
 
         with open_site(site, run_dir, parse_site_options(options)) as loaded:
             yield loaded

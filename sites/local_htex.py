@@ -27,13 +27,11 @@ from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.providers import LocalProvider
 
 from otfparsl.workflow.site import (
-    RETRIES,
-    SiteOption,
     interchange_launch_cmd,
     local_worker_launch_cmd,
-    resolve_options,
     retry_lost_workers,
 )
+from otfparsl.workflow.site_options import RETRIES, SiteOption, resolve_options
 
 LOOPBACK = "127.0.0.1"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
 
-from otfparsl.workflow.site import RETRIES, SiteOption, resolve_options, retry_lost_workers
+from otfparsl.workflow.site import retry_lost_workers
+from otfparsl.workflow.site_options import RETRIES, SiteOption, resolve_options
 
 OPTIONS = (
     SiteOption("chain_threads", "int", 2, "threads running chain updates at once", minimum=1),

@@ -30,85 +30,20 @@ to ``retries`` times; errors raised by the task itself are not (see sites/README
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from parsl.config import Config
-from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 
-from otfparsl.workflow.site import (
-    RETRIES,
-    SiteOption,
-    interchange_launch_cmd,
-    resolve_options,
-    retry_lost_workers,
-)
-from otfparsl.workflow.slurm import slurm_provider
+from otfparsl.workflow.site_options import SiteOption, resolve_options
+from otfparsl.workflow.slurm import slurm_config, slurm_options
 
-OPTIONS = (
-    SiteOption("account", "str", "", "Slurm account (--account); empty = cluster default"),
-    SiteOption("partition", "str", "", "partition for both roles unless gpu_/cpu_partition is set"),
-    SiteOption("gpu_partition", "str", "", "partition of the GPU nodes (chains)"),
-    SiteOption("cpu_partition", "str", "", "partition of the CPU nodes (dft)"),
-    SiteOption("qos", "str", "", "Slurm QOS (--qos)"),
-    SiteOption("walltime", "walltime", "04:00:00", "walltime of each block, [D-]HH:MM:SS"),
+OPTIONS = slurm_options(
     SiteOption(
-        "worker_init",
-        "str",
-        "",
-        "shell lines before the workers start (module load, venv activate)",
+        "gpus_per_node", "int", 8, "GPUs per node and chain workers per node; 0 = no GPU request", minimum=0
     ),
-    SiteOption("nodes", "int", 1, "GPU nodes per chains block", minimum=1),
-    SiteOption(
-        "gpus_per_node",
-        "int",
-        8,
-        "GPUs per node and chain workers per node; 0 = no GPU request",
-        minimum=0,
-    ),
-    SiteOption("chain_workers", "int", 8, "chain workers per node when gpus_per_node=0", minimum=1),
-    SiteOption("dft_nodes", "int", 1, "CPU nodes per dft block", minimum=1),
-    SiteOption("dft_workers", "int", 1, "DFT labels running at once per dft block", minimum=1),
-    SiteOption("cores_per_dft", "int", 32, "MPI ranks of one DFT label", minimum=1),
-    SiteOption(
-        "mpi_command", "str", "srun -n {cores}", "MPI launcher prefix; {cores} = cores_per_dft"
-    ),
-    SiteOption(
-        "min_blocks", "int", 1, "blocks kept per role while idle (0 releases idle nodes)", minimum=0
-    ),
-    SiteOption("max_blocks", "int", 1, "most chains blocks at once", minimum=1),
-    SiteOption("dft_max_blocks", "int", 1, "most dft blocks at once", minimum=1),
-    SiteOption("exclusive", "bool", True, "ask for whole nodes (--exclusive)"),
-    SiteOption("address", "str", "", "address workers use to reach this process; empty = try all"),
-    RETRIES,
 )
 
 
 def make_config(run_dir: str | os.PathLike[str], **options: object) -> Config:
     """Return a fresh Config: chains on L40S nodes, dft on CPU nodes, local as a thread."""
     opts = resolve_options("slurm_l40s", OPTIONS, options)
-    gpus = opts["gpus_per_node"]
-    chains = HighThroughputExecutor(
-        label="chains",
-        available_accelerators=gpus,
-        max_workers_per_node=gpus or opts["chain_workers"],
-        cores_per_worker=1e-3,  # the worker count is set above, not from the core count
-        address=opts["address"] or None,
-        interchange_launch_cmd=interchange_launch_cmd(),
-        provider=slurm_provider(opts, "chains", gres=f"gpu:{gpus}" if gpus else None),
-    )
-    dft = HighThroughputExecutor(
-        label="dft",
-        max_workers_per_node=opts["dft_workers"],
-        cores_per_worker=1e-3,
-        address=opts["address"] or None,
-        interchange_launch_cmd=interchange_launch_cmd(),
-        provider=slurm_provider(opts, "dft", gres=None),
-    )
-    return Config(
-        executors=[chains, dft, ThreadPoolExecutor(label="local", max_threads=1)],
-        run_dir=str(Path(run_dir) / "runinfo"),
-        retries=opts["retries"],
-        retry_handler=retry_lost_workers,
-        strategy="simple",
-        max_idletime=600.0,
-    )
+    return slurm_config(run_dir, opts, chain_workers=opts["gpus_per_node"])

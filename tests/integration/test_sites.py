@@ -19,8 +19,8 @@ from otfparsl.workflow.site import (
     format_report,
     load_site,
     open_site,
-    parse_site_options,
 )
+from otfparsl.workflow.site_options import parse_site_options
 
 SITES_DIR = Path(__file__).resolve().parents[2] / "sites"
 SITE_NAMES = ("local_threads", "local_htex", "slurm_l40s", "slurm_a100")

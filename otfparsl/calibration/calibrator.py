@@ -1,33 +1,8 @@
-"""On-the-fly calibration of the ensemble's uncertainty and the DFT decision (method.md section 5).
+"""The calibrator: Gamma-prior state, the confidence of a prediction, updates from labels.
 
-The ensemble reports a predictive standard deviation ``sigma_bar`` for the total energy of a
-structure. Its actual error ``e = E_pred - E_true`` is modelled as
-
-    e | lambda ~ N(0, sigma_bar**2 / lambda),      lambda ~ Gamma(shape=a, rate=b).
-
-After ``n`` counted interventions with squared z-scores summing to ``S`` the posterior is
-``lambda ~ Gamma(a + n/2, b + S/2)`` and the predictive error is Student-t with ``nu = 2a + n``
-degrees of freedom and scale ``s = sigma_bar * sqrt((b + S/2) / (a + n/2))``. The confidence
-that the error is within the threshold ``K`` is
-
-    C = P(|e| <= K) = 2 F_t(K / s; nu) - 1,
-
-and DFT is called on the first step or when ``C`` is below the confidence level (0.95).
-
-Extensions (off by default):
-
-- ``ema_decay = d``: for systems whose miscalibration drifts, the sufficient statistics are
-  discounted at every counted intervention, ``S <- d S + z**2`` and ``n <- d n + 1``. Then
-  ``S / n`` is the exponential moving average of ``z**2`` (weights ``d**k`` normalised) and the
-  effective number of observations saturates at ``1 / (1 - d)``, so old evidence is forgotten and
-  the posterior can follow a change of the miscalibration factor. The undiscounted totals are
-  kept as well (``S_total``, ``n_total``) for reporting.
-- ``force_threshold_eV_per_A = K_F``: the same Gamma/Student-t machinery on every force
-  component, with its own statistics (``force_S``, ``force_n``; every component of every
-  labelled structure is one observation). The force confidence is that of the least certain
-  component (largest ``forces_std``); the overall confidence is the smaller of the energy and
-  force confidences, so skipping DFT needs both to be confident.
+See :mod:`otfparsl.calibration` for the model and its extensions.
 """
+
 
 from __future__ import annotations
 
@@ -40,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from otfparsl.calibration.predictive import student_t_confidence
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
 
@@ -66,59 +41,6 @@ def _check_std(name: str, std: Any) -> np.ndarray:
             "sigma heads); check the model."
         )
     return arr
-
-
-def student_t_confidence(threshold: float, scale: Any, nu: float) -> np.ndarray:
-    """Return ``P(|e| <= threshold)`` for ``e ~ scale * t(nu)``.
-
-    Parameters
-    ----------
-    threshold
-        Error threshold K (same unit as ``scale``).
-    scale
-        Student-t scale(s) s, any shape.
-    nu
-        Degrees of freedom.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``2 F_t(K / s; nu) - 1``, same shape as ``scale``.
-    """
-    ratio = threshold / np.asarray(scale, dtype=float)
-    return 2.0 * stats.t.cdf(ratio, df=nu) - 1.0
-
-
-def min_ratio_for_skip(a: float, b: float, n: float, mean_z2: float, level: float = 0.95) -> float:
-    """Return the smallest ``K / sigma_bar`` for which DFT may be skipped.
-
-    Parameters
-    ----------
-    a, b
-        Shape and rate of the Gamma prior on the precision factor lambda.
-    n
-        Number of counted interventions (``math.inf`` gives the Gaussian limit).
-    mean_z2
-        Mean squared z-score ``S / n`` (ignored when ``n == 0``).
-    level
-        Confidence level in (0, 1).
-
-    Returns
-    -------
-    float
-        ``t_{(1+level)/2}(2a + n) * sqrt((b + n mean_z2 / 2) / (a + n / 2))``; for ``n -> inf``
-        this tends to ``z_{(1+level)/2} * sqrt(mean_z2)`` (1.96 sqrt(mean_z2) at 0.95).
-
-    Notes
-    -----
-    Sanity values (method.md section 5): a = 1.5, b = 10, n = 0 gives 8.22; n = 50 with
-    mean_z2 = 1 gives 2.31.
-    """
-    quantile = (1.0 + level) / 2.0
-    if math.isinf(n):
-        return float(stats.norm.ppf(quantile) * math.sqrt(mean_z2))
-    scale = math.sqrt((b + n * mean_z2 / 2.0) / (a + n / 2.0))
-    return float(stats.t.ppf(quantile, df=2.0 * a + n) * scale)
 
 
 @dataclass(frozen=True)
