@@ -37,6 +37,7 @@ from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
 from otfparsl.run.directory import RunDirectory, read_events
+from otfparsl.run.final_model import final_calibration
 from otfparsl.run.label_cache import label_key, load_label
 from otfparsl.run.lock import run_lock
 from otfparsl.settings import RunSettings
@@ -138,9 +139,7 @@ def audit_run(
         raise ConfigurationError(f"{str(rd.path)!r} holds no run (no run.yaml); give a run directory.")
     settings = RunSettings.from_yaml(rd.run_yaml)
     with run_lock(rd.path, "audit"):
-        state = _calibration_state(rd)
-        offset = float(state.pop("energy_offset_eV"))
-        calibrator = Calibrator.from_dict(state)  # the final calibration
+        calibrator, offset = final_calibration(rd)
         threshold = settings.calibration.energy_threshold_eV
         frames = select_frames(rd, n_frames, seed)
         root = rd.audit
@@ -188,15 +187,6 @@ def _add_to_summary(rd: RunDirectory, recorded: dict[str, Any]) -> None:
 def _bare(atoms: Atoms) -> Atoms:
     """The structure only (numbers, positions, cell, pbc): what DFT sees."""
     return Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-
-
-def _calibration_state(rd: RunDirectory) -> dict[str, Any]:
-    if not rd.calibration.is_file():
-        raise ConfigurationError(
-            f"{str(rd.path)!r} has no calibration.json: the run never made its first DFT label, "
-            "so there is no energy offset to compare with DFT. Run it first."
-        )
-    return json.loads(rd.calibration.read_text())
 
 
 def _pretrained_ensemble(final: EnsembleCalculator) -> EnsembleCalculator:

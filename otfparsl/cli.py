@@ -1,4 +1,4 @@
-"""The ``otfparsl`` command: run, validate, report, sites check."""
+"""The ``otfparsl`` command: run, resume, validate, audit, md, report, sites check."""
 
 from __future__ import annotations
 
@@ -156,6 +156,58 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     with _user_errors():
         index = write_report(run_dir)
     console.print(f"report written: {index}")
+
+
+@app.command()
+def md(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (its final ensemble and calibration are used).")],
+    programme_file: Annotated[Path | None, typer.Option("--programme", help="YAML with the MD segments (as a run YAML's md section); default: the run's own programme.")] = None,
+    temperature_K: Annotated[float | None, typer.Option("--temperature-K", help="One segment at this temperature (with --duration-fs) instead of a programme.")] = None,
+    duration_fs: Annotated[float | None, typer.Option("--duration-fs", help="Length of that segment, fs.")] = None,
+    ensemble: Annotated[str, typer.Option(help="Dynamics of that segment: langevin, nve or npt.")] = "langevin",
+    timestep_fs: Annotated[float, typer.Option("--timestep-fs", help="Time step of that segment, fs.")] = 0.5,
+    runs: Annotated[int, typer.Option(help="Independent runs (seeds SEED, SEED+1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the first run.")] = 0,
+    name: Annotated[str, typer.Option(help="The runs go to RUN_DIR/md/NAME_seedS/.")] = "production",
+    start: Annotated[str, typer.Option(help="'last' (the run's last frame), 'initial', or a structure file.")] = "last",
+    trajectory_interval: Annotated[int | None, typer.Option(help="Write a frame every N steps (default: the run's).")] = None,
+) -> None:
+    """Production MD with the fine-tuned ensemble frozen (no DFT); warns where it leaves the run's promise."""
+    from otfparsl.production import production_md, programme_from_yaml
+    from otfparsl.settings import validate_section
+
+    with _user_errors():
+        settings = _saved_settings(run_dir)
+        base = settings.md.model_dump(mode="json")
+        if trajectory_interval is not None:
+            base["trajectory_interval"] = trajectory_interval
+        md_settings = validate_section(type(settings.md), base, "md")
+        if temperature_K is not None or duration_fs is not None:
+            if programme_file is not None or temperature_K is None or duration_fs is None:
+                from otfparsl.errors import ConfigurationError
+
+                raise ConfigurationError("give either --programme FILE or both --temperature-K and --duration-fs")
+            segment = {"ensemble": ensemble, "temperature_K": temperature_K, "duration_fs": duration_fs, "timestep_fs": timestep_fs}
+            md_settings = validate_section(type(settings.md), {**base, "segments": [segment]}, "command line")
+        elif programme_file is not None:
+            md_settings = programme_from_yaml(programme_file, md_settings)
+        summary = production_md(run_dir, md_settings, [seed + k for k in range(runs)], name=name, start=start)
+    _print_production(summary)
+
+
+def _print_production(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"otfparsl md: {len(summary['runs'])} run(s), confidence level {summary['confidence_level']:.2f}")
+    for column in ("seed", "steps", "steps below level", "stretches", "min confidence", "wall (s)", "D (cm²/s) per element"):
+        table.add_column(column, justify="right")
+    for run in summary["runs"]:
+        diffusion = ", ".join(f"{el} {m['D_cm2_per_s']:.2e}" for el, m in run["msd"].items()) or "-"
+        table.add_row(str(run["seed"]), str(run["n_steps"]), str(run["steps_below_level"]), str(run["stretches_below_level"]),
+                      f"{run['min_confidence']:.3f}", f"{run['wall_s']:.1f}", diffusion)  # fmt: skip
+    Console().print(table)
+    Console().print("D: Einstein fit MSD = 6 D t on the second half of the lags of each run's trajectory frames; "
+                    "steps below level are outside the run's accuracy promise. Written: RUN_DIR/md/")
 
 
 @sites_app.command("check")

@@ -202,6 +202,20 @@ class RunSettings(_Strict):
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     labeler: LabelerSettings = Field(default_factory=LabelerSettings)
     md: MDSettings
+    analyses: list[str] = Field(
+        default_factory=list,
+        description="System analyses for the report (otfparsl.analysis.systems), e.g. [ethanol_conformers].",
+    )
+
+    @field_validator("analyses")
+    @classmethod
+    def _known_analyses(cls, value: list[str]) -> list[str]:
+        from otfparsl.analysis.systems import analyses  # each analysis module declares itself
+
+        unknown = [name for name in value if name not in analyses()]
+        if unknown:
+            raise ValueError(f"unknown analysis {unknown[0]!r}; allowed: {', '.join(analyses())}")
+        return value
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunSettings:
@@ -244,21 +258,29 @@ class RunSettings(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _explain(exc: ValidationError) -> str:
+def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
+    """Validate one section of settings (e.g. an MD programme file) with RunSettings' messages."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{source}: {_explain(exc, model)}") from None
+
+
+def _explain(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(_unknown_key_message(where))
+            lines.append(_unknown_key_message(where, root or RunSettings))
         else:
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: {msg} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
-def _unknown_key_message(where: str) -> str:
+def _unknown_key_message(where: str, root: type[BaseModel]) -> str:
     *parents, key = where.split(".")
-    model: type[BaseModel] = RunSettings
+    model: type[BaseModel] = root
     for part in parents:
         if part.isdigit():
             continue

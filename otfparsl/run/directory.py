@@ -41,6 +41,7 @@ class RunDirectory:
     checkpoint = property(lambda self: self.path / "checkpoint.json")
     report = property(lambda self: self.path / "report")
     audit = property(lambda self: self.path / "audit")
+    production = property(lambda self: self.path / "md")
     lock = property(lambda self: self.path / LOCK_NAME)
 
     def exists(self) -> bool:

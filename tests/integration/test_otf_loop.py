@@ -116,3 +116,65 @@ def test_report_shows_every_intervention(finished_run):
         assert name in html
     labels = [e for e in events if e["event"] == "label"]
     assert html.count("<tr><td>") == len(labels) + len(result.as_dict())
+
+
+@pytest.mark.slow
+def test_production_md_runs_the_frozen_ensemble_with_its_seeds(finished_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from otfparsl.calculators.ensemble import EnsembleCalculator
+    from otfparsl.cli import app
+
+    result, _ = finished_run
+    rd = result.run_dir
+    labels_before = (rd / "labels.extxyz").read_bytes()
+    args = ["md", str(rd), "--temperature-K", "300", "--duration-fs", "40", "--timestep-fs", "2",
+            "--runs", "2", "--seed", "7", "--trajectory-interval", "2"]  # fmt: skip
+    cli = CliRunner().invoke(app, args)
+    assert cli.exit_code == 0, cli.output
+    summary = json.loads((rd / "md" / "production.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == [7, 8]
+    level = summary["confidence_level"]
+    ensemble = EnsembleCalculator.from_run(rd)
+    last_positions = []
+    for run_summary in summary["runs"]:
+        out = rd / "md" / f"production_seed{run_summary['seed']}"
+        steps = read_events(out / "steps.jsonl")
+        assert [s["step"] for s in steps] == list(range(21))  # the start + 20 steps, each once
+        assert [s["time_fs"] for s in steps] == [2.0 * k for k in range(21)]
+        assert run_summary["steps_below_level"] == sum(s["confidence"] < level for s in steps)
+        assert run_summary["min_confidence"] == min(s["confidence"] for s in steps)
+        frames = ase.io.read(out / "trajectory.extxyz", ":")
+        assert len(frames) == 11 and "forces_std" in frames[-1].arrays
+        frame = frames[-1].copy()
+        frame.calc = ensemble  # the frozen ensemble, no DFT: the logged energy is its prediction
+        assert frame.get_potential_energy() == pytest.approx(frames[-1].get_potential_energy(), abs=1e-10)
+        assert run_summary["msd"]["Cu"]["msd_A2"][0] == 0.0 and run_summary["msd"]["Cu"]["msd_A2"][-1] > 0.0
+        last_positions.append(frames[-1].positions)
+    assert not np.allclose(*last_positions)  # independent seeds
+    assert (rd / "labels.extxyz").read_bytes() == labels_before  # production never labels
+
+
+@pytest.mark.slow
+def test_production_md_warns_where_the_run_promised_nothing(finished_run, tmp_path, caplog):
+    import json
+
+    from otfparsl.production import production_md
+    from otfparsl.settings import MDSettings
+
+    result, _ = finished_run
+    squeezed = bulk("Cu", "fcc", a=3.2, cubic=True)  # 11 % compressed: far from every label
+    squeezed.rattle(0.05, seed=1)
+    ase.io.write(tmp_path / "squeezed.extxyz", squeezed)
+    md = MDSettings(segments=[{"ensemble": "nve", "temperature_K": 300, "duration_fs": 6, "timestep_fs": 2}])
+    with caplog.at_level("WARNING", logger="otfparsl.production"):
+        summary = production_md(result.run_dir, md, [0], name="squeezed", start=str(tmp_path / "squeezed.extxyz"))
+    run_summary = summary["runs"][0]
+    assert run_summary["steps_below_level"] == run_summary["n_steps"] == 4
+    assert run_summary["stretches_below_level"] == 1
+    warnings = [r for r in caplog.records if "below the run's level" in r.getMessage()]
+    assert len(warnings) == 1 and "step 0" in warnings[0].getMessage()
+    saved = json.loads((result.run_dir / "md" / "squeezed_seed0" / "summary.json").read_text())
+    assert saved["steps_below_level"] == 4
