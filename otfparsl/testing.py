@@ -8,6 +8,7 @@ numbers when that error exceeds ``tol``. They are test helpers (hence ``Assertio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from otfparsl.bayes.types import Prediction
 from otfparsl.models.base import ModelAdapter
 
 __all__ = [
+    "MACE_MP_0_MEDIUM_PARAMETERS",
     "PerturbedEMT",
+    "build_mace_mp0_medium_architecture",
     "check_batched_equals_single",
     "check_forces_are_gradient",
     "check_rotation_invariance_of_features",
@@ -233,6 +236,71 @@ def pretrain_on_reference(
         optimiser.step()
         rmse = float(force_mse.detach().sqrt())
     return rmse
+
+
+#: Parameters of MACE-MP-0 medium (2023-12-03-mace-128-L1_epoch-199.model): the published 4.69 M.
+MACE_MP_0_MEDIUM_PARAMETERS = 4_688_656
+
+
+def build_mace_mp0_medium_architecture(path: str | Path, seed: int = 0) -> Path:
+    """Save MACE-MP-0 medium's exact architecture, with random weights, as a ``.model`` file.
+
+    Lets the tests run the MACE-MP-0 path (:func:`otfparsl.models.mace.load_mace_model_file`,
+    the 256 invariant features, the chain updates) at its real size without downloading it.
+    The architecture is that of mace-torch's ``mace_mp(model="medium")``
+    (2023-12-03-mace-128-L1_epoch-199.model): ScaleShiftMACE, hidden irreps 128x0e + 128x1o,
+    2 residual interactions (``RealAgnosticResidualInteractionBlock``, the first one too),
+    r_max 6 Å, 10 Bessel functions, polynomial cutoff p = 5, spherical harmonics up to
+    l = 3, correlation order 3, radial MLP [64, 64, 64], readout MLP 16x0e, SiLU, 89 elements
+    Z = 1..89, full (not reduced) Clebsch-Gordan products, as the 2023 file.
+
+    Parameters
+    ----------
+    path
+        Where to write the ``.model`` file (``torch.save`` of the module, float32; 22 MB).
+    seed
+        Seed of the random weights (the global torch RNG is left untouched).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Notes
+    -----
+    Not the trained model: E0s are synthetic (-1 eV - 0.01 eV x Z), the scale is 1 eV, the shift
+    0, and the average neighbour count 30; energies and forces are those of random weights.
+    The parameter count equals MACE-MP-0 medium's, :data:`MACE_MP_0_MEDIUM_PARAMETERS`.
+    """
+    from mace import modules  # first: mace sets up torch.load for e3nn's constants
+
+    # isort: split
+    from e3nn import o3
+
+    from otfparsl.errors import ModelError
+
+    z = np.arange(1, 90)
+    residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = modules.ScaleShiftMACE(
+            r_max=6.0, num_bessel=10, num_polynomial_cutoff=5, max_ell=3,
+            interaction_cls=residual, interaction_cls_first=residual, num_interactions=2,
+            num_elements=len(z), hidden_irreps=o3.Irreps("128x0e + 128x1o"),
+            MLP_irreps=o3.Irreps("16x0e"), atomic_energies=-1.0 - 0.01 * z,
+            avg_num_neighbors=30.0, atomic_numbers=[int(n) for n in z], correlation=3,
+            gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64], use_reduced_cg=False,
+            atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        )  # fmt: skip
+    n_parameters = sum(p.numel() for p in model.parameters())
+    if n_parameters != MACE_MP_0_MEDIUM_PARAMETERS:
+        raise ModelError(
+            f"the MACE-MP-0 medium architecture built by this mace-torch has {n_parameters} "
+            f"parameters, not {MACE_MP_0_MEDIUM_PARAMETERS}; mace-torch changed its defaults."
+        )
+    path = Path(path)
+    torch.save(model.to(torch.float32), path)
+    return path
 
 
 def emt_copper_frames(n_frames: int = 16, seed: int = 0, stress: bool = False) -> list[Atoms]:

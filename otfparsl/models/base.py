@@ -28,10 +28,11 @@ class ModelSpec:
     Attributes
     ----------
     family
-        ``"mace"``, ``"chgnet"`` (or ``"equiformer"``).
+        A name of :func:`otfparsl.models.families` (``"chgnet"``, ``"mace"``, ``"sevennet"``, ...).
     source
-        Family-specific: for MACE ``"tiny"``, ``"mace-mp-0:medium"`` (downloads) or a path to a
-        ``.model`` file; for CHGNet ``"0.3.0"`` (weights ship in the wheel).
+        Family-specific (each family's ``FAMILY.sources``): for MACE ``"tiny"``,
+        ``"mace-mp-0:medium"`` (downloads) or a path to a ``.model`` file; for CHGNet ``"0.3.0"``
+        and for SevenNet ``"7net-0"`` (weights ship in the wheels).
     dtype
         ``"float32"`` or ``"float64"``.
     device

@@ -5,9 +5,12 @@ Sources (``ModelSpec.source``):
 - ``"tiny"``: a small ScaleShiftMACE built in process from ``spec.seed`` (deterministic,
   synthetic weights; for tests and examples). Options (``spec.options``): ``r_max`` (Å, 4.5),
   ``channels`` (16), ``max_ell`` (2), ``num_interactions`` (2), ``correlation`` (2).
-- ``"mace-mp-0:<size>"`` (``small``, ``medium``, ``large``): through mace-torch's own
-  ``mace.calculators.mace_mp``, which **downloads** the weights on first use (cached in
-  ``~/.cache/mace``). Never used in the tests.
+- ``"mace-mp-0:<size>"`` (``small``, ``medium``, ``large``): mace-torch's own
+  ``download_mace_mp_checkpoint`` **downloads** the file on first use (cached in
+  ``~/.cache/mace``); the file is then loaded exactly as a local ``.model`` file
+  (:func:`load_mace_model_file`). The tests never download: they save MACE-MP-0 medium's
+  architecture with random weights (:func:`otfparsl.testing.build_mace_mp0_medium_architecture`)
+  and load it through that same function.
 - any other string: a path to a local ``.model`` file saved with ``torch.save(model)``.
 """
 
@@ -91,25 +94,68 @@ def build_tiny_mace(
     return model.to(dtype)
 
 
+#: The MACE-MP-0 sizes of ``source="mace-mp-0:<size>"`` (mace-torch's names for them).
+MACE_MP_0_SIZES: tuple[str, ...] = ("small", "medium", "large")
+
+
+def load_mace_model_file(path: str | Path) -> torch.nn.Module:
+    """Load a MACE model saved with ``torch.save(model)`` (a ``.model`` file), on CPU.
+
+    The one loader of MACE files: a local path and a downloaded MACE-MP-0 both come here.
+
+    Parameters
+    ----------
+    path
+        The ``.model`` file.
+
+    Returns
+    -------
+    torch.nn.Module
+        The MACE model in the dtype it was saved in.
+
+    Raises
+    ------
+    ModelError
+        When the file does not hold a MACE model.
+    """
+    import mace  # noqa: F401  (sets up torch.load for e3nn's constants, see build_tiny_mace)
+
+    model = torch.load(Path(path), map_location="cpu", weights_only=False)
+    missing = [a for a in ("atomic_numbers", "r_max", "products") if not hasattr(model, a)]
+    if not isinstance(model, torch.nn.Module) or missing:
+        raise ModelError(
+            f"{str(path)!r} does not hold a MACE model (got {type(model).__name__}, missing "
+            f"{missing}); give a file written with torch.save(model) by mace-torch."
+        )
+    return model
+
+
+def _download_mace_mp_0(size: str) -> Path:
+    """Return the local path of MACE-MP-0 ``size``, downloading it on first use."""
+    if size not in MACE_MP_0_SIZES:
+        raise ConfigurationError(
+            f"unknown MACE-MP-0 size {size!r}; allowed: {list(MACE_MP_0_SIZES)} "
+            "(source 'mace-mp-0:medium')"
+        )
+    from mace.calculators import foundations_models
+
+    logger.info("locating MACE-MP-0 %s (mace-torch downloads it on first use)", size)
+    return Path(foundations_models.download_mace_mp_checkpoint(size))
+
+
 def _load_mace_model(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:
     """Build or load the MACE model named by ``spec.source``."""
     if spec.source == "tiny":
         return build_tiny_mace(spec.seed, dtype, **dict(spec.options))
     if spec.source.startswith("mace-mp-0"):
-        from mace.calculators import mace_mp  # downloads the weights on first use
-
-        size = spec.source.partition(":")[2] or "medium"
-        logger.info("loading MACE-MP-0 %s through mace_mp (downloads on first use)", size)
-        dtype_name = "float64" if dtype == torch.float64 else "float32"
-        return mace_mp(model=size, device="cpu", default_dtype=dtype_name,
-                       return_raw_model=True)
+        return load_mace_model_file(_download_mace_mp_0(spec.source.partition(":")[2] or "medium"))
     path = Path(spec.source).expanduser()
     if not path.is_file():
         raise ConfigurationError(
             f"MACE source {spec.source!r} is neither 'tiny', 'mace-mp-0:<size>' nor an "
             "existing .model file. Give one of those."
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_mace_model_file(path)
 
 
 def _invariant_feature_index(model: torch.nn.Module) -> torch.Tensor:

@@ -17,6 +17,9 @@ def test_family_defaults_are_the_published_values():
     mace = family_defaults("mace")
     assert (mace.sigma_tl, mace.step_size, mace.head_hidden) == (0.5, 1e-3, (64, 16))
     assert (mace.calibration_a, mace.calibration_b) == (1.5, 10.0)
+    sevennet = family_defaults("sevennet")  # the paper's NequIP settings
+    assert (sevennet.sigma_tl, sevennet.step_size, sevennet.head_hidden) == (0.2, 1e-4, (32, 16))
+    assert (sevennet.calibration_a, sevennet.calibration_b) == (3.0, 10.0)
     chg = family_defaults("chgnet")
     assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-3, (32, 16))  # docs/study_spread.md
     assert KCAL_PER_MOL_EV == pytest.approx(1 / 23.0609, rel=1e-4)
