@@ -31,8 +31,8 @@ class ModelSettings(_Strict):
     )
     source: str = Field(
         "0.3.0",
-        description="mace: 'tiny', 'mace-mp-0:medium' (downloads) or a .model path; "
-        "chgnet: '0.3.0' (ships in the wheel).",
+        description="The family's weights: see `sources` of each family in otfparsl.models.families() "
+        "(chgnet '0.3.0' and sevennet '7net-0' ship in their wheels; mace 'mace-mp-0:medium' downloads once).",
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="Floating point type.")
     device: str = Field("cpu", description="torch device of the orchestrator's ensemble.")
