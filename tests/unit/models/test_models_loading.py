@@ -20,6 +20,9 @@ def test_family_defaults_are_the_published_values():
     sevennet = family_defaults("sevennet")  # the paper's NequIP settings
     assert (sevennet.sigma_tl, sevennet.step_size, sevennet.head_hidden) == (0.2, 1e-4, (32, 16))
     assert (sevennet.calibration_a, sevennet.calibration_b) == (3.0, 10.0)
+    eqv2 = family_defaults("equiformer")  # the paper's EquiformerV2; readable without fairchem
+    assert (eqv2.sigma_tl, eqv2.step_size, eqv2.head_hidden) == (0.02, 1e-4, (64, 16))
+    assert (eqv2.calibration_a, eqv2.calibration_b) == (1.5, 10.0)
     chg = family_defaults("chgnet")
     assert (chg.sigma_tl, chg.step_size, chg.head_hidden) == (0.2, 1e-3, (32, 16))  # docs/study_spread.md
     assert KCAL_PER_MOL_EV == pytest.approx(1 / 23.0609, rel=1e-4)
@@ -60,3 +63,14 @@ def test_missing_package_raises_with_install_hint(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"otfparsl\[chgnet\]") as info:
         load_adapter(ModelSpec(family="chgnet", source="0.3.0", dtype="float32"))
     assert info.value.package == "chgnet"
+
+
+def test_equiformer_without_fairchem_raises_with_install_hint(monkeypatch):
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name == "fairchem" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(MissingDependencyError, match=r"otfparsl\[equiformer\]"):
+        load_adapter(ModelSpec(family="equiformer", source="tiny", dtype="float32"))
