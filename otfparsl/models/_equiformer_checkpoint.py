@@ -142,6 +142,35 @@ def read_checkpoint(path: Path, model_class: type) -> EquiformerCheckpoint:
                                 _ema_weights(ckpt, layout, path))
 
 
+def build_from_checkpoint(ckpt: EquiformerCheckpoint, model_class: type, path: Path) -> torch.nn.Module:
+    """Build ``model_class`` (fairchem's EquiformerV2_OC20) with the checkpoint's weights.
+
+    Raises
+    ------
+    ModelError
+        If the config does not build or the weights do not fit it exactly.
+    """
+    try:
+        model = model_class(None, None, None, **ckpt.kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelError(f"{path}: cannot build EquiformerV2 from its config: {exc}") from exc
+    result = model.load_state_dict(ckpt.state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"{path}: the weights do not fit the EquiformerV2 of its config (missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); the file may "
+            "be from another architecture or a newer fairchem."
+        )
+    if ckpt.ema is not None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if len(trainable) != len(ckpt.ema):
+            raise ModelError(f"{path}: {len(ckpt.ema)} EMA weights for {len(trainable)} parameters")
+        with torch.no_grad():
+            for p, value in zip(trainable, ckpt.ema, strict=True):
+                p.copy_(value)
+    return model
+
+
 def _strip_module(key: str) -> str:
     while key.startswith("module."):
         key = key[len("module."):]

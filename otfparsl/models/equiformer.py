@@ -53,8 +53,8 @@ from ase import Atoms
 from otfparsl.bayes.types import Batch, Prediction
 from otfparsl.errors import ConfigurationError, ModelError
 from otfparsl.models._equiformer_checkpoint import (
-    EquiformerCheckpoint,
     OutputScales,
+    build_from_checkpoint,
     read_checkpoint,
 )
 from otfparsl.models.base import (
@@ -162,29 +162,7 @@ def build_model(spec: ModelSpec, fc: SimpleNamespace) -> tuple[torch.nn.Module, 
             "fairchem's model page and give its path; otfparsl downloads nothing."
         )
     ckpt = read_checkpoint(path, fc.EquiformerV2)
-    return _from_checkpoint(ckpt, fc, path), ckpt.scales
-
-
-def _from_checkpoint(ckpt: EquiformerCheckpoint, fc: SimpleNamespace, path: Path) -> torch.nn.Module:
-    try:
-        model = fc.EquiformerV2(None, None, None, **ckpt.kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise ModelError(f"{path}: cannot build EquiformerV2 from its config: {exc}") from exc
-    result = model.load_state_dict(ckpt.state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelError(
-            f"{path}: the weights do not fit the EquiformerV2 of its config (missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); the file may "
-            "be from another architecture or a newer fairchem."
-        )
-    if ckpt.ema is not None:
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if len(trainable) != len(ckpt.ema):
-            raise ModelError(f"{path}: {len(ckpt.ema)} EMA weights for {len(trainable)} parameters")
-        with torch.no_grad():
-            for p, value in zip(trainable, ckpt.ema, strict=True):
-                p.copy_(value)
-    return model
+    return build_from_checkpoint(ckpt, fc.EquiformerV2, path), ckpt.scales
 
 
 class EquiformerCore(torch.nn.Module):

@@ -245,6 +245,19 @@ def test_training_checkpoint_predicts_with_its_ema_weights(fc, tmp_path, cu_cell
     assert float((pred.forces - ref["forces"]).abs().max()) < TOL
 
 
+def test_checkpoints_of_other_models_raise_model_error(fc, tmp_path):
+    save_fairchem_checkpoint(fresh_tiny(fc), tmp_path / "flat.pt", {})
+    ckpt = torch.load(tmp_path / "flat.pt", weights_only=False)
+    ckpt["config"]["model"]["num_layers"] = 3  # the config no longer fits the weights
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(ModelError, match=r"do not fit.*missing \['blocks\.2"):
+        load_adapter(dataclasses.replace(SPEC, source=str(tmp_path / "mismatch.pt")))
+    ckpt["config"]["model"]["name"] = "gemnet_oc"
+    torch.save(ckpt, tmp_path / "gemnet.pt")
+    with pytest.raises(ModelError, match="'gemnet_oc' model, not EquiformerV2"):
+        load_adapter(dataclasses.replace(SPEC, source=str(tmp_path / "gemnet.pt")))
+
+
 def test_bad_inputs_raise_typed_errors(adapter, tmp_path):
     with pytest.raises(ConfigurationError, match="float32 only"):
         load_adapter(dataclasses.replace(SPEC, dtype="float64"))
