@@ -59,6 +59,10 @@ def check_run(settings: RunSettings, structure: Atoms | None = None) -> Atoms:
     )
     check_model(settings.model, atoms)
     check_md(settings.md, atoms)
+    if any(seg.ensemble == "npt" for seg in settings.md.segments):
+        adapter = cached_adapter(model_spec(settings.model))
+        if not getattr(adapter, "supports_stress", True):  # NPT needs the model's stress
+            adapter.require_stress()
     check_labeler(settings.labeler, atoms)
     return atoms
 

@@ -272,3 +272,19 @@ def test_bad_inputs_raise_typed_errors(adapter, tmp_path):
         adapter.check_atoms(Atoms("Am", positions=[[0, 0, 0]]))
     with pytest.raises(ModelError, match="cell with volume > 0"):
         adapter.check_atoms(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], pbc=True))
+
+
+def test_npt_with_a_model_without_stress_is_refused_before_the_run(cu_cell):
+    from otfparsl.preflight import check_run
+    from otfparsl.settings import RunSettings
+
+    def settings(ensemble):
+        return RunSettings.from_dict({
+            "structure": "unused.xyz", "model": {"family": "equiformer", "source": "tiny"},
+            "labeler": {"kind": "ase", "options": {"name": "emt"}},
+            "md": {"segments": [{"ensemble": ensemble, "temperature_K": 300, "duration_fs": 10}]},
+        })  # fmt: skip
+
+    check_run(settings("langevin"), cu_cell)
+    with pytest.raises(ModelError, match="no stress head"):
+        check_run(settings("npt"), cu_cell)
