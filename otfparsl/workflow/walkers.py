@@ -139,25 +139,25 @@ class _StepRecorder:
         _record_step(self.ctx, self.w, info, self.atoms, self.calc)
         if self.ctx.checkpointer is not None:
             done = index == len(self.ctx.programme.segments) - 1 and dyn.nsteps == segment.n_steps
-            snapshot = _snapshot(self.w, step, index, dyn, self.atoms, self.calc, self.ctx.rd, done)
+            snapshot = self.snapshot(step, index, dyn, done)
             self.ctx.checkpointer.step_done(self.w, snapshot, bool(self.calc.last.intervened))
         if self.ctx.on_step is not None:
             self.ctx.on_step(info)
+
+    def snapshot(self, step: int, index: int, dyn, finished: bool) -> dict:
+        """This walker's state after ``step`` (MD, calculator, trajectory size) for a checkpoint."""
+        traj = trajectory_path(self.ctx.rd, self.w)
+        return {
+            "walker": self.w, "step": step, "segment": index, "finished": finished,
+            "md": capture_md_state(self.atoms, dyn), "calc": self.calc.snapshot(),
+            "trajectory": str(traj), "trajectory_bytes": traj.stat().st_size if traj.is_file() else 0,
+        }  # fmt: skip
 
 
 def _record_step(ctx: WalkerContext, w: int, info: StepInfo, atoms: Atoms, calc: OnTheFlyCalculator) -> None:
     ctx.write_event({"event": "step", **asdict(info)})
     if info.step % ctx.settings.md.trajectory_interval == 0:
         _write_frame(trajectory_path(ctx.rd, w), atoms, calc, info)
-
-
-def _snapshot(w, step, index, dyn, atoms, calc, rd, finished) -> dict:
-    traj = trajectory_path(rd, w)
-    return {
-        "walker": w, "step": step, "segment": index, "finished": finished,
-        "md": capture_md_state(atoms, dyn), "calc": calc.snapshot(),
-        "trajectory": str(traj), "trajectory_bytes": traj.stat().st_size if traj.is_file() else 0,
-    }  # fmt: skip
 
 
 def _step_info(w, step, segment, time_fs, atoms, calc, learner) -> StepInfo:
