@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from otfparsl.bayes.flat import FlatSGHMC
 from otfparsl.bayes.likelihood import log_likelihood
 from otfparsl.bayes.model import BayesianModel
 from otfparsl.bayes.prior import TransferPrior
@@ -208,19 +209,22 @@ class Chain:
         """Run one cosine cycle; return the per-step losses. Raise _Diverged on NaN/inf."""
         cfg = self.config
         n_data = len(dataset)
-        sampler = AMSGradSGHMC(self._params, cfg, self._noise_rng)
+        sampler = self._sampler()
+        flat = isinstance(sampler, FlatSGHMC)  # adds the prior gradient itself
         losses = torch.empty(cfg.n_steps, dtype=torch.float64, device=self.device)
         full_batch = collate(list(dataset)) if n_data <= cfg.batch_size else None
         for i in range(cfg.n_steps):
             loss = self._loss(
                 dataset, collate, full_batch, energy_sigma_eV, stress_sigma_eV_per_A3,
-                compute_stress,
+                compute_stress, None if flat else self.prior,
             )
-            loss.backward()
-            losses[i] = loss.detach()
-            sampler.step(
-                cosine_step_size(i, cfg.n_steps, gamma0), noise_temperature(i, cfg), n_data
-            )
+            gamma, tau = cosine_step_size(i, cfg.n_steps, gamma0), noise_temperature(i, cfg)
+            if flat:
+                losses[i] = sampler.step(loss, gamma, tau, n_data)
+            else:
+                loss.backward()
+                losses[i] = loss.detach()
+                sampler.step(gamma, tau, n_data)
             if callback is not None:
                 callback(i)
             if (i + 1) % _CHECK_EVERY == 0 and not bool(torch.isfinite(losses[: i + 1]).all()):
@@ -232,6 +236,13 @@ class Chain:
             raise _Diverged("non-finite weights")
         self._check_final_sample(dataset[-1], collate, n_data, energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress)
         return losses.tolist()
+
+    def _sampler(self) -> FlatSGHMC | AMSGradSGHMC:
+        """Return a fresh sampler of ``config.sampler`` over the chain's parameters."""
+        if self.config.sampler == "reference":
+            return AMSGradSGHMC(self._params, self.config, self._noise_rng)
+        means = [self.prior.mean[n] for n in self._names]
+        return FlatSGHMC(self._params, means, self.prior.sigma_tl, self.config, self._noise_rng)
 
     def _check_final_sample(self, newest, collate, n_data, energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress) -> None:
         """The losses above were evaluated before each step: evaluate the final weights too.
@@ -256,6 +267,7 @@ class Chain:
         energy_sigma_eV: float,
         stress_sigma_eV_per_A3: float,
         compute_stress: bool,
+        prior: TransferPrior | None,
     ) -> torch.Tensor:
         """Draw a minibatch and return its objective (see :func:`minibatch_objective`)."""
         cfg = self.config
@@ -267,7 +279,7 @@ class Chain:
             [dataset[k] for k in unique.tolist()]
         )
         return minibatch_objective(
-            self.model, self.prior, batch, weights, len(idx), n_data,
+            self.model, prior, batch, weights, len(idx), n_data,
             energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress,
         )
 
@@ -304,7 +316,9 @@ class Chain:
         state = _read_chain_file(Path(path))
         model.load_trainable_state(state["weights"])
         prior = TransferPrior(state["prior_mean"], float(state["sigma_tl"]))
-        chain = cls(model, prior, SGHMCConfig(**state["config"]), int(state["seed"]))
+        # files written before SGHMCConfig.sampler existed continue with their own numerics
+        config = SGHMCConfig(**{"sampler": "reference", **state["config"]})
+        chain = cls(model, prior, config, int(state["seed"]))
         chain.n_updates = int(state["n_updates"])
         chain._data_rng.set_state(state["data_rng_state"])
         if state["noise_rng_device"] == chain.device.type:
@@ -323,7 +337,7 @@ class Chain:
 
 def minibatch_objective(
     model: BayesianModel,
-    prior: TransferPrior,
+    prior: TransferPrior | None,
     batch: Batch,
     weights: torch.Tensor,
     n_draws: int,
@@ -337,7 +351,8 @@ def minibatch_objective(
     Parameters
     ----------
     model, prior
-        The Bayesian model and the transfer prior over its trainable parameters.
+        The Bayesian model and the transfer prior over its trainable parameters; ``prior``
+        None leaves the prior term out (for a sampler that adds its gradient analytically).
     batch
         The distinct structures of the minibatch.
     weights
@@ -357,8 +372,10 @@ def minibatch_objective(
     """
     pred = model(batch, compute_stress, True)
     ll = log_likelihood(pred, batch, energy_sigma_eV, stress_sigma_eV_per_A3)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     data_term = (weights.to(ll) * ll).sum() / n_draws
+    if prior is None:
+        return -data_term
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     return -prior.log_prob(named) / n_data - data_term
 
 

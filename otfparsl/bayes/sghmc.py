@@ -11,6 +11,7 @@ import torch
 from otfparsl.errors import ConfigurationError
 
 PRIORITIES = ("unbiased", "original", "uniform")
+SAMPLERS = ("flat", "reference")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class SGHMCConfig:
     priority
         Minibatch rule: ``"unbiased"`` (default, importance-weighted priority of the newest
         structure), ``"original"`` (the original code's biased rule) or ``"uniform"``.
+    sampler
+        Implementation of the update: ``"flat"`` (default, :class:`~otfparsl.bayes.flat.FlatSGHMC`:
+        one flat weight buffer, analytic prior gradient, one noise vector per step) or
+        ``"reference"`` (:class:`AMSGradSGHMC`: one tensor per parameter, prior gradient by
+        autograd, one noise draw per parameter tensor; the numerics of chain files written
+        before the flat sampler existed). Same equations: at τ = 0 the same trajectory to
+        rounding; with noise, other random numbers of the same law.
     """
 
     n_steps: int = 2000
@@ -49,12 +57,15 @@ class SGHMCConfig:
     noise_off_steps: int = 398
     noise_ramp_steps: int = 100
     priority: str = "unbiased"
+    sampler: str = "flat"
 
     def __post_init__(self) -> None:
         if self.priority not in PRIORITIES:
             raise ConfigurationError(
                 f"priority must be one of {PRIORITIES}; got {self.priority!r}."
             )
+        if self.sampler not in SAMPLERS:
+            raise ConfigurationError(f"sampler must be one of {SAMPLERS}; got {self.sampler!r}.")
         min_batch = 1 if self.priority == "uniform" else 2
         checks = [
             ("n_steps", self.n_steps >= 1, "an integer >= 1"),
