@@ -111,11 +111,12 @@ def test_report_shows_every_intervention(finished_run):
     result, events = finished_run
     index = write_report(result.run_dir)
     html = index.read_text()
-    for name in ("dft_calls.png", "errors.png", "zscores.png", "traces.png", "timings.png"):
+    for name in ("dft_calls.png", "errors.png", "calibration.png", "traces.png", "time_split.png"):
         assert (index.parent / name).stat().st_size > 1000
-        assert name in html
+        assert f'href="{name}"' in html
     labels = [e for e in events if e["event"] == "label"]
-    assert html.count("<tr><td>") == len(labels) + len(result.as_dict())
+    table = html.split(f"All {len(labels)} interventions")[1].split("</table>")[0]
+    assert table.count("<tr>") == len(labels) + 1  # the header and one row per DFT label
 
 
 @pytest.mark.slow
@@ -150,7 +151,8 @@ def test_production_md_runs_the_frozen_ensemble_with_its_seeds(finished_run, tmp
         assert len(frames) == 11 and "forces_std" in frames[-1].arrays
         frame = frames[-1].copy()
         frame.calc = ensemble  # the frozen ensemble, no DFT: the logged energy is its prediction
-        assert frame.get_potential_energy() == pytest.approx(frames[-1].get_potential_energy(), abs=1e-10)
+        # extxyz keeps positions to 1e-8 Å: the re-evaluated energy agrees to ~1e-9 eV
+        assert frame.get_potential_energy() == pytest.approx(frames[-1].get_potential_energy(), abs=1e-6)
         assert run_summary["msd"]["Cu"]["msd_A2"][0] == 0.0 and run_summary["msd"]["Cu"]["msd_A2"][-1] > 0.0
         last_positions.append(frames[-1].positions)
     assert not np.allclose(*last_positions)  # independent seeds
