@@ -1,7 +1,9 @@
 """Submitters: how the on-the-fly loop hands work to a role (`dft`, `chains`, `local`).
 
 The loop only calls ``submitter.submit(role, fn, *args) -> Future``. :class:`ThreadSubmitter`
-uses plain thread pools (no Parsl); a loaded site profile
+uses plain thread pools (no Parsl); :class:`ProcessSubmitter` runs chain updates in worker
+processes with one torch thread each (measured fastest on CPU, docs/performance.md); a loaded
+site profile
 (:class:`otfparsl.workflow.site.Site`, from ``open_site``) sends each call to the Parsl executor
 labelled ``role``. Both return ``concurrent.futures.Future`` objects
 (Parsl's AppFuture is one).
@@ -9,10 +11,15 @@ labelled ``role``. Both return ``concurrent.futures.Future`` objects
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Submitter(Protocol):
@@ -61,6 +68,102 @@ class ThreadSubmitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ProcessSubmitter:
+    """Chain updates in worker processes, DFT and bookkeeping in threads (one machine, no Parsl).
+
+    Each `chains` worker is a spawned process with ``torch_threads`` intra-op threads; it keeps
+    its loaded model between tasks (``models.cached_adapter``), so only its first update pays
+    for the import and the model load. Measured on 2 cores (docs/performance.md), 2 processes x
+    1 torch thread update chains faster than 2 threads x 1 torch thread in one process (the
+    GIL and the shared allocator serialise the Python and allocation parts of a step) and than
+    one chain on 2 torch threads. This process's own torch threads are left alone, so the
+    ensemble predictions of the MD loop keep every core.
+
+    Parameters
+    ----------
+    chain_workers
+        Worker processes of the `chains` role (chain updates running at once); default: the
+        number of cores, at most 8.
+    dft_workers
+        Threads of the `dft` pool (DFT calls running at once).
+    torch_threads
+        Intra-op threads of each chain worker.
+
+    Notes
+    -----
+    With one torch thread per chain the workers compute exactly what :class:`ThreadSubmitter`
+    computes with one torch thread per chain (the same kernels in the same order): the chain
+    files are bit-identical between the two. float32 chain workers flush denormals to zero
+    (:func:`otfparsl.workflow.tasks.update_chain`), in both submitters. jemalloc, optional
+    (1.1x measured in the issue's study): start the run as ``LD_PRELOAD=/usr/lib/x86_64-linux-
+    gnu/libjemalloc.so.2 otfparsl run ...`` (Debian: ``apt install libjemalloc2``); the spawned
+    workers inherit it.
+    """
+
+    def __init__(
+        self,
+        chain_workers: int | None = None,
+        dft_workers: int = 1,
+        torch_threads: int = 1,
+    ) -> None:
+        import multiprocessing
+
+        self._chain_workers = chain_workers or min(8, os.cpu_count() or 1)
+        self._torch_threads = torch_threads
+        self._context = multiprocessing.get_context("spawn")
+        self._pools: dict[str, Any] = {
+            "chains": self._chain_pool(),
+            "dft": ThreadPoolExecutor(dft_workers, thread_name_prefix="otf-dft"),
+            "local": ThreadPoolExecutor(1, thread_name_prefix="otf-local"),
+        }
+
+    def _chain_pool(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            self._chain_workers, mp_context=self._context,
+            initializer=_init_chain_worker, initargs=(self._torch_threads,),
+        )  # fmt: skip
+        for _ in range(self._chain_workers):  # start the workers (imports) while the run begins
+            pool.submit(os.getpid)
+        return pool
+
+    def submit(self, role: str, fn: Callable[..., Any], /, *args: Any) -> Future:
+        """Run ``fn(*args)`` on the pool of ``role`` (``fn`` and ``args`` picklable for `chains`).
+
+        A chain worker that died (killed, out of memory) breaks its pool: the updates it held
+        fail with ``BrokenProcessPool`` and the next submission starts a fresh pool.
+        """
+        try:
+            return self._pools[role].submit(fn, *args)
+        except BrokenProcessPool:
+            log.warning("a chain worker process died; starting a fresh pool of %d workers",
+                        self._chain_workers)  # fmt: skip
+            self._pools["chains"] = self._chain_pool()
+            return self._pools[role].submit(fn, *args)
+
+    def close(self) -> None:
+        """Wait for running work and stop the pools and worker processes."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> ProcessSubmitter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _init_chain_worker(torch_threads: int) -> None:
+    """Give a chain worker process its torch threads and a stderr log handler for warnings."""
+    import torch
+
+    import otfparsl.training  # noqa: F401 - the heavy imports, once per worker
+
+    os.environ["OTFPARSL_TORCH_THREADS"] = str(torch_threads)
+    torch.set_num_threads(torch_threads)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="chain worker %(process)d: %(message)s")
 
 
 def gather(futures: Sequence[Future]) -> Future:

@@ -37,12 +37,24 @@ def update_chain(job: ChainJob) -> dict:
 
     In a Parsl worker process, torch gets ``cpu_count // PARSL_WORKER_COUNT`` intra-op threads
     (or ``OTFPARSL_TORCH_THREADS``), so that the workers of one node do not oversubscribe it.
+    A float32 chain is computed with denormals flushed to zero (``torch.set_flush_denormal``,
+    1.15x on CPU; the flag is per thread, so it covers a chain that runs on one torch thread,
+    as the local submitters and one-thread Parsl workers do), then the flag is cleared again.
     """
     import os
     import socket
 
+    import torch
+
     _share_cores_among_workers()
-    return {**update_chain_file(job), "host": socket.gethostname(), "pid": os.getpid()}
+    flush = job.model.dtype == "float32"
+    torch.set_flush_denormal(flush)
+    try:
+        result = update_chain_file(job)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    return {**result, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _share_cores_among_workers() -> None:
