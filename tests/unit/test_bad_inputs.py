@@ -96,7 +96,7 @@ CASES = [
     Case(
         "unknown-section",
         "ConfigurationError",
-        "unknown setting 'sampler'. Allowed: bayes, calibration",
+        "unknown setting 'sampler'. Allowed: analyses, bayes, calibration",
         {"sampler": {"n_steps": 3}},
     ),
     Case(
@@ -226,7 +226,7 @@ CASES = [
     Case(
         "unknown-labeler-kind",
         "ConfigurationError",
-        "labeler.kind: unknown labeler kind 'gaussian'; allowed: ase, pyscf, vasp",
+        "labeler.kind: unknown labeler kind 'gaussian'; allowed: ase, pyscf, pyscf_pbc, vasp",
         {"labeler": {"kind": "gaussian"}},
     ),
     Case(
