@@ -102,10 +102,12 @@ def run(
         resuming = (target / "run.yaml").is_file() and not restart_from_scratch
         if resuming:
             check_same_run(RunDirectory(target), settings.resolve_paths(Path.cwd()))
-        with _submitter(site, site_option or [], target, "run") as submitter, _progress(settings) as on_step:
-            if resuming:
-                console.print(f"resuming the run in {target} from its last checkpoint (--restart-from-scratch starts over)")
-            result = run_otf(settings, submitter=submitter, run_dir=target, restart_from_scratch=restart_from_scratch, on_step=on_step)
+        with _ReportOnExit(target) as report:
+            with _submitter(site, site_option or [], target, "run") as submitter, _progress(settings) as on_step:
+                report.arm()
+                if resuming:
+                    console.print(f"resuming the run in {target} from its last checkpoint (--restart-from-scratch starts over)")
+                result = run_otf(settings, submitter=submitter, run_dir=target, restart_from_scratch=restart_from_scratch, on_step=on_step)
     _print_summary(result.as_dict())
 
 
@@ -120,8 +122,10 @@ def resume(
 
     with _user_errors():
         settings = _saved_settings(run_dir)
-        with _submitter(site, site_option or [], run_dir, "resume") as submitter, _progress(settings) as on_step:
-            result = resume_otf(run_dir, submitter=submitter, on_step=on_step)
+        with _ReportOnExit(run_dir) as report:
+            with _submitter(site, site_option or [], run_dir, "resume") as submitter, _progress(settings) as on_step:
+                report.arm()
+                result = resume_otf(run_dir, submitter=submitter, on_step=on_step)
     _print_summary(result.as_dict())
 
 
@@ -149,13 +153,54 @@ def audit(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
-    """Write the plots and index.html of a run into RUN_DIR/report."""
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    pretrained: Annotated[
+        bool, typer.Option(help="Evaluate the pretrained model at the labelled structures (its error there).")
+    ] = True,
+) -> None:
+    """Write the run's report, RUN_DIR/report/index.html (one page, figures embedded; open it in a browser)."""
     from otfparsl.analysis.report import write_report
 
     with _user_errors():
-        index = write_report(run_dir)
+        index = write_report(run_dir, compare_pretrained=pretrained)
     console.print(f"report written: {index}")
+
+
+class _ReportOnExit:
+    """Write the run's report when a command ends, however it ends (done, error, Ctrl-C).
+
+    Armed once the command holds the run directory (a command refused at the start, e.g. by
+    another process's lock, writes nothing). A report that fails is logged, never raised, so it
+    cannot hide the run's own outcome.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.armed = False
+
+    def arm(self) -> None:
+        """The command has started on the run directory: write the report at the end."""
+        self.armed = True
+
+    def __enter__(self) -> _ReportOnExit:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.armed and (self.run_dir / "events.jsonl").is_file():
+            _write_report_quietly(self.run_dir)
+
+
+def _write_report_quietly(run_dir: Path) -> None:
+    from otfparsl.analysis.report import write_report
+
+    try:
+        index = write_report(run_dir)
+    except Exception as exc:  # the run's own outcome comes first
+        logging.getLogger(__name__).warning("the report of %s was not written: %s: %s", run_dir, type(exc).__name__, exc)
+        console.print(f"[yellow]report not written[/]: {type(exc).__name__}: {exc}", highlight=False)
+        return
+    console.print(f"report written: {index}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,100 @@
+"""``otfparsl run`` / ``otfparsl resume`` write the run's report however they end.
+
+A tiny run (tests/integration/tiny_runs.py) is interrupted with SIGINT (Ctrl-C) in its own
+process: the report is written and says the run did not finish; ``otfparsl resume`` finishes it
+and rewrites the report. A failing report never masks the run's own outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny_runs import write_run_yaml
+from typer.testing import CliRunner
+
+from otfparsl.cli import app
+
+HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _n_steps(run_dir: Path) -> int:
+    events = run_dir / "events.jsonl"
+    return events.read_text().count('"event": "step"') if events.is_file() else 0
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, cu_foundation_model):
+    """A run stopped by SIGINT after its third MD step (labels come at steps 0, 10 and 11)."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    run_dir = folder / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otfparsl.cli", "run", str(write_run_yaml(folder, cu_foundation_model)), "--run-dir", str(run_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while _n_steps(run_dir) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    return run_dir, proc.returncode, output
+
+
+def test_an_interrupted_run_writes_its_report(interrupted):
+    run_dir, returncode, output = interrupted
+    assert returncode != 0, output  # stopped by Ctrl-C (click: "Aborted!"), not finished
+    assert "report written" in output, output
+    page = (run_dir / "report" / "index.html").read_text()
+    assert "not finished: interrupted, failed or still running" in page
+    assert not json.loads((run_dir / "checkpoint.json").read_text())["done"]
+
+
+def test_resume_finishes_the_run_and_rewrites_the_report(interrupted):
+    run_dir, _, _ = interrupted
+    result = CliRunner().invoke(app, ["resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "report written" in result.output
+    page = (run_dir / "report" / "index.html").read_text()
+    assert "finished (checkpoint.json: done)" in page
+    labels = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if '"label"' in line]
+    assert f"All {len(labels)} interventions" in page
+
+
+def test_a_failing_report_never_masks_the_runs_outcome(interrupted, monkeypatch):
+    import otfparsl.analysis.report
+    import otfparsl.workflow.driver
+    from otfparsl.errors import TooManyLabelFailures
+
+    run_dir, _, _ = interrupted
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the report broke")
+
+    monkeypatch.setattr(otfparsl.analysis.report, "write_report", broken)
+    result = CliRunner().invoke(app, ["resume", str(run_dir)])  # a finished run: nothing to do
+    assert result.exit_code == 0, result.output
+    assert "report not written: RuntimeError: the report broke" in " ".join(result.output.split())
+
+    def failing_run(*args, **kwargs):  # a run that started (events.jsonl exists) and failed
+        raise TooManyLabelFailures("3 DFT labels failed in a row")
+
+    monkeypatch.setattr(otfparsl.workflow.driver, "resume", failing_run)
+    result = CliRunner().invoke(app, ["resume", str(run_dir)])
+    assert result.exit_code == 2  # the run's own error, as one line ...
+    assert "TooManyLabelFailures: 3 DFT labels failed in a row" in result.output
+    assert "report not written" in result.output  # ... and the report's failure only logged
+    monkeypatch.undo()
+    monkeypatch.setattr(otfparsl.workflow.driver, "resume", failing_run)
+    before = (run_dir / "report" / "index.html").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["resume", str(run_dir)])
+    assert result.exit_code == 2 and "report written" in result.output
+    assert (run_dir / "report" / "index.html").stat().st_mtime_ns > before
