@@ -131,8 +131,8 @@ class PySCFLabeler:
             raise ConfigurationError(
                 f"the 'pyscf' labeller handles molecules only; the structure has "
                 f"pbc={atoms.pbc.tolist()} ({atoms.get_chemical_formula()}). Use labeler.kind "
-                "'vasp' or 'ase' (GPAW, CP2K, Quantum ESPRESSO) for a periodic cell, or give a "
-                "molecule without a cell"
+                "'pyscf_pbc' (PySCF's periodic DFT), 'vasp' or 'ase' (GPAW, CP2K, Quantum "
+                "ESPRESSO) for a periodic cell, or give a molecule without a cell"
             )
         n_electrons = int(atoms.numbers.sum()) - self.charge
         if n_electrons < 1:
@@ -167,8 +167,8 @@ class PySCFLabeler:
         if np.any(atoms.pbc):
             raise ConfigurationError(
                 f"PySCFLabeler handles molecules only; got pbc={atoms.pbc.tolist()}. "
-                "Set atoms.pbc = False for a molecule, or use the 'vasp' or 'ase' labeler "
-                "(GPAW, CP2K, Quantum ESPRESSO) for periodic systems."
+                "Set atoms.pbc = False for a molecule, or use the 'pyscf_pbc', 'vasp' or 'ase' "
+                "labeler (GPAW, CP2K, Quantum ESPRESSO) for periodic systems."
             )
         gto, _, _ = _import_pyscf()
         path = prepare_workdir(workdir)
