@@ -140,7 +140,15 @@ def _download_mace_mp_0(size: str) -> Path:
     from mace.calculators import foundations_models
 
     logger.info("locating MACE-MP-0 %s (mace-torch downloads it on first use)", size)
-    return Path(foundations_models.download_mace_mp_checkpoint(size))
+    try:
+        return Path(foundations_models.download_mace_mp_checkpoint(size))
+    except OSError as exc:  # URLError, a refused connection, a proxy: no file and no network
+        raise ModelError(
+            f"MACE-MP-0 {size} is not in mace-torch's cache (~/.cache/mace) and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). Run once where there is internet (e.g. "
+            "python -c \"from mace.calculators import mace_mp; mace_mp('medium')\") and copy "
+            "~/.cache/mace to this machine, or set model.source to the path of the .model file."
+        ) from exc
 
 
 def _load_mace_model(spec: ModelSpec, dtype: torch.dtype) -> torch.nn.Module:

@@ -162,3 +162,18 @@ def test_one_chain_update_at_mace_mp0_medium_size(mace_mp0_medium_file):
     assert sum(state[n].numel() for n in core) == MACE_MP_0_MEDIUM_PARAMETERS
     assert all(not torch.equal(state[n], pretrained[n]) for n in core)  # every tensor sampled
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # E0s, scale/shift
+
+
+def test_mace_mp0_without_network_is_one_clear_error(monkeypatch):
+    import urllib.error
+
+    from mace.calculators import foundations_models
+
+    from otfparsl.errors import ModelError
+
+    def no_network(model=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(foundations_models, "download_mace_mp_checkpoint", no_network)
+    with pytest.raises(ModelError, match=r"could not be downloaded.*model.source to the path"):
+        load_adapter(ModelSpec(family="mace", source="mace-mp-0:medium"))
