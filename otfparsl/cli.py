@@ -395,6 +395,11 @@ def _print_summary(summary: dict) -> None:
             )
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     Console().print(table)
+    if summary.get("calibration_basis", "").startswith("prior only"):
+        console.print(
+            "[bold yellow]warning:[/] no intervention entered the calibration: the run's confidence rests on "
+            f"its prior alone. Check it against DFT: otfparsl audit {summary['run_dir']}", highlight=False,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

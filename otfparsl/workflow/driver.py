@@ -61,6 +61,7 @@ class RunResult:
     interventions_above_threshold: int
     wall_s: float
     timers: dict[str, float] = field(default_factory=dict)
+    calibration_counted: int = 0
 
     def as_dict(self) -> dict:
         """Return the result as a JSON-ready dict."""
@@ -71,9 +72,18 @@ class RunResult:
             "interventions_above_threshold": self.interventions_above_threshold,
             "fraction_above_threshold": self.fraction_above_threshold,
             "fraction_above_threshold_ci95": list(binomial_interval(self.interventions_above_threshold, self.interventions_checked)),
+            "calibration_basis": self.calibration_basis,
             "heldout_audit": "not audited: run `otfparsl audit RUN_DIR` to measure the accuracy on frames the run never labelled",
             "wall_s": self.wall_s, **self.timers,
         }  # fmt: skip
+
+    @property
+    def calibration_basis(self) -> str:
+        """What the claimed confidence rests on: measured errors, or the Gamma prior alone."""
+        if self.calibration_counted:
+            return f"{self.calibration_counted} counted interventions (measured errors at labelled steps)"
+        return ("prior only: no counted intervention, so every confidence the run claimed rests on the "
+                "Gamma prior (a, b) and the ensemble std, not on a measured error; audit before trusting it")
 
     @property
     def interventions_checked(self) -> int:
@@ -322,6 +332,7 @@ def _summarise(rd: RunDirectory, timers: dict[str, float], n_steps: int, wall_s:
         run_dir=rd.path, n_steps=n_steps, dft_calls=len(labels),
         label_failures=sum(e["event"] == "label_failed" for e in events),
         interventions_above_threshold=int(above), wall_s=wall_s, timers=timers,
+        calibration_counted=sum(bool(e.get("counted")) for e in labels),
     )  # fmt: skip
 
 

@@ -94,6 +94,7 @@ def test_audit_catches_chains_that_do_not_move(frozen):
     assert recorded["rms_z_calibrated"] > 3 and recorded["mean_confidence"] > 0.95
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["interventions_checked"] == 0 and summary["fraction_above_threshold"] is None
+    assert summary["calibration_basis"].startswith("prior only")  # and the run's own summary said so
     assert summary["heldout_audit"]["above_threshold"] == recorded["n_above_threshold"]
 
 

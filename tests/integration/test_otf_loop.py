@@ -56,6 +56,8 @@ def test_first_step_is_labelled_and_every_label_is_written(finished_run):
     assert len(written) == len(labels) == result.dft_calls
     assert [a.info["step"] for a in written] == [lb["step"] for lb in labels]
     assert sum(s["intervened"] for s in steps) == len(labels)
+    counted = sum(lb["counted"] for lb in labels)
+    assert counted >= 1 and result.as_dict()["calibration_basis"].startswith(f"{counted} counted interventions")
 
 
 @pytest.mark.slow
