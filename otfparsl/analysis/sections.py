@@ -68,7 +68,7 @@ def render(record, head, pngs, pretrained, final, split, workflow, generated) ->
         ("trajectory", "The trajectory", html.figure(pngs["traces"])),
         ("audit", "Held-out audit", _audit(record, pngs.get("audit"))),
         ("workflow", workflow.title if workflow else "Workflow analysis", _workflow(workflow)),
-        ("time", "Where the time went", _time_split(split, pngs.get("time"))),
+        ("time", "Where the time went", _time_split(split, pngs.get("time")) + _per_call(record)),
     ]  # fmt: skip
     footer = (
         f"Written {html.esc(generated)} by <code>otfparsl report</code> from the files of "
@@ -302,3 +302,16 @@ def _time_split(split: TimeSplit | None, png) -> str:
             for name, sec in split.parts_s.items()]  # fmt: skip
     rows.append(("wall time", f"{split.wall_s:.4g}", "100 %"))
     return html.figure(png) + html.table(("part", "seconds", "share"), rows, (False, True, True))
+
+
+def _per_call(record: RunRecord) -> str:
+    """Mean cost of one DFT label and of one update of all chains (label and update events)."""
+    labels = [lb["seconds"] for lb in record.labels if isinstance(lb.get("seconds"), (int, float)) and math.isfinite(lb["seconds"])]
+    updates = [u["seconds"] for u in record.updates if isinstance(u.get("seconds"), (int, float))]
+    parts = []
+    if labels:
+        parts.append(f"one DFT label took {sum(labels) / len(labels):.3g} s on average ({len(labels)} label events)")
+    if updates:
+        parts.append(f"one update of all {record.settings.bayes.n_chains} chains {sum(updates) / len(updates):.3g} s "
+                     f"({len(updates)} update events)")  # fmt: skip
+    return f"<p>Per call: {html.esc('; '.join(parts))}.</p>" if parts else ""
