@@ -111,8 +111,10 @@ def _summary(record: RunRecord, head: Headline, pretrained: PretrainedErrors | N
                   f"{sum(head.md_steps.values())} step events over {walkers} walker(s) (events.jsonl)"),
         html.card(f"{head.above} of {head.checked}" if head.checked else "none yet",
                   "checked interventions with |error| > K",
-                  f"95 % CI {low:.2f}-{high:.2f} (Clopper-Pearson), label events; the first label fixes the "
-                  "offset and is not checked. Interventions are where the run was unsure: not a held-out measure.",
+                  (f"95 % CI {low:.2f}-{high:.2f} (Clopper-Pearson), label events; " if head.checked else
+                   "no label after the first (label events): no error was measured. ")
+                  + "The first label fixes the offset and is not checked. Interventions are where the run was "
+                  "unsure: not a held-out measure.",
                   "bad" if head.checked and head.above / head.checked > promise else ""),
     ]  # fmt: skip
     if pretrained is not None and head.checked:
@@ -122,7 +124,15 @@ def _summary(record: RunRecord, head: Headline, pretrained: PretrainedErrors | N
     cards.append(_audit_card(record, promise))
     if split is not None:
         cards.append(html.card(_duration(split.wall_s), "wall time", f"{split.basis}; split at the end of the page"))
-    return f"<div class='cards'>{''.join(cards)}</div>"
+    out = f"<div class='cards'>{''.join(cards)}</div>"
+    if record.labels and head.counted == 0:
+        out += html.note(
+            "<b>The calibration rests on the prior alone.</b> No intervention entered it (label events: "
+            "counted = false for all), so every confidence the run claimed rests on the Gamma prior (a, b) "
+            "and the ensemble's std, not on a measured error. Check it against DFT with "
+            f"<code>otfparsl audit {html.esc(record.rd.path)}</code>.", bad=True,
+        )  # fmt: skip
+    return out
 
 
 def _audit_card(record: RunRecord, promise: float) -> str:

@@ -105,6 +105,7 @@ def test_the_page_is_self_contained_and_says_what_it_rests_on(run_dir):
     assert '<div class="value">1 of 3</div>' in page and "All 4 interventions" in page
     assert "The replay reproduces calibration.json&#x27;s S and n." in page
     assert "1 unreadable line(s) of events.jsonl were skipped" in page
+    assert "rests on the prior alone" not in page  # two interventions were counted
 
 
 def test_workflow_analysis_flags_what_it_cannot_trust(tmp_path):
