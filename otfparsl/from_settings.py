@@ -72,5 +72,6 @@ def make_calibrator(settings: RunSettings, defaults: FamilyDefaults) -> Calibrat
         confidence_level=cal.confidence,
         skip_first_steps=cal.skip_first_steps,
         ema_decay=cal.ema_decay,
+        min_counted=cal.min_counted_interventions,
         force_threshold_eV_per_A=cal.force_threshold_eV_per_A,
     )

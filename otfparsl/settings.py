@@ -102,6 +102,11 @@ class CalibrationSettings(_Strict):
     force_threshold_eV_per_A: float | None = Field(
         None, gt=0, description="Optional per-component force threshold, eV/Å."
     )
+    min_counted_interventions: int = Field(
+        0, ge=0, description="Call DFT at every step until this many interventions entered the "
+        "calibration, so that no confidence rests on the Gamma prior alone (0: the original method; "
+        "see docs/uncertainty.md).",
+    )
 
     @field_validator("confidence")
     @classmethod

@@ -106,6 +106,9 @@ class Calibrator:
         None (plain sums) or d in (0, 1): discount factor of the statistics (module notes).
     force_threshold_eV_per_A
         None (energy only) or K_F, the tolerated error of one force component (eV/Å).
+    min_counted
+        Call DFT at every step until this many interventions have been counted (0: the
+        original, which may skip DFT on the prior alone; see :meth:`needs_label`).
     force_a, force_b
         Gamma prior of the force-component precision factor.
     S, n
@@ -125,6 +128,7 @@ class Calibrator:
     skip_first_steps: int = 3
     ema_decay: float | None = None
     force_threshold_eV_per_A: float | None = None
+    min_counted: int = 0
     force_a: float = 1.5
     force_b: float = 10.0
     S: float = 0.0
@@ -157,6 +161,8 @@ class Calibrator:
             )
         if self.force_threshold_eV_per_A is not None:
             _check_positive("force_threshold_eV_per_A", self.force_threshold_eV_per_A)
+        if not isinstance(self.min_counted, int) or self.min_counted < 0:
+            raise ConfigurationError(f"min_counted must be an integer >= 0; got {self.min_counted!r}")
 
     # ------------------------------------------------------------------ posterior
     @property
@@ -231,8 +237,12 @@ class Calibrator:
         return conf
 
     def needs_label(self, step_is_first: bool, confidence: float) -> bool:
-        """Return True when DFT must be called: the first step, or confidence below the level."""
-        return bool(step_is_first) or confidence < self.confidence_level
+        """Return True when DFT must be called.
+
+        The first step; fewer than ``min_counted`` counted interventions so far (the claim
+        would rest on the prior alone); or the confidence below the level.
+        """
+        return bool(step_is_first) or self.n_total < self.min_counted or confidence < self.confidence_level
 
     # ------------------------------------------------------------------ update
     def _accumulate(self, S: float, n: float, z2_sum: float, count: int) -> tuple[float, float]:

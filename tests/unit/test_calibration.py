@@ -202,3 +202,19 @@ def test_invalid_settings_rejected(kwargs, match):
 def test_zero_std_rejected():
     with pytest.raises(ConfigurationError, match="energy_std_eV"):
         Calibrator(energy_threshold_eV=K).confidence(0.0)
+
+
+def test_min_counted_calls_dft_until_the_claim_rests_on_measured_errors():
+    """With min_counted = 2 no step is skipped on the prior alone (off by default: the original)."""
+    assert not Calibrator(energy_threshold_eV=K).needs_label(False, 0.999)  # the original: prior suffices
+    cal = Calibrator(energy_threshold_eV=K, min_counted=2)
+    cal.update(0, -1.0, 0.00217, -1.0)  # the first label: not counted
+    cal.update(1, -1.0, 0.00217, -1.0)  # step 1 < skip_first_steps: not counted
+    assert cal.n_total == 0 and cal.needs_label(False, 0.999)
+    cal.update(3, 0.0, 0.00217, 0.5 * 0.00217)
+    assert cal.n_total == 1 and cal.needs_label(False, 0.999)
+    cal.update(4, 0.0, 0.00217, -0.5 * 0.00217)
+    assert cal.n_total == 2 and not cal.needs_label(False, 0.999) and cal.needs_label(False, 0.5)
+    assert Calibrator.from_dict(cal.to_dict()).min_counted == 2
+    with pytest.raises(ConfigurationError, match="min_counted"):
+        Calibrator(energy_threshold_eV=K, min_counted=-1)
