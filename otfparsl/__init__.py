@@ -25,6 +25,7 @@ _PUBLIC = {
     "RunResult": "otfparsl.workflow.driver",
     "open_site": "otfparsl.workflow.site",
     "ThreadSubmitter": "otfparsl.workflow.submit",
+    "ProcessSubmitter": "otfparsl.workflow.submit",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

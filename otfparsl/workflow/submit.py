@@ -78,8 +78,10 @@ class ProcessSubmitter:
     for the import and the model load. Measured on 2 cores (docs/performance.md), 2 processes x
     1 torch thread update chains faster than 2 threads x 1 torch thread in one process (the
     GIL and the shared allocator serialise the Python and allocation parts of a step) and than
-    one chain on 2 torch threads. This process's own torch threads are left alone, so the
-    ensemble predictions of the MD loop keep every core.
+    one chain on 2 torch threads. This process (the MD loop's ensemble predictions) gets
+    ``cpu_count // chain_workers`` torch threads, as with :class:`ThreadSubmitter`: more
+    threads than free cores make torch's spin-waiting kernels collapse (a tiny-MACE forward
+    took 2.2 s instead of milliseconds with 2 threads on 2 busy cores).
 
     Parameters
     ----------
@@ -110,8 +112,11 @@ class ProcessSubmitter:
     ) -> None:
         import multiprocessing
 
+        import torch
+
         self._chain_workers = chain_workers or min(8, os.cpu_count() or 1)
         self._torch_threads = torch_threads
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // self._chain_workers))
         self._context = multiprocessing.get_context("spawn")
         self._pools: dict[str, Any] = {
             "chains": self._chain_pool(),
@@ -152,6 +157,15 @@ class ProcessSubmitter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def local_submitter(chain_workers: int | None = None, dft_workers: int = 1) -> ProcessSubmitter:
+    """Return the submitter of a run on this machine without a site: the measured fastest.
+
+    Chain updates in ``chain_workers`` processes with one torch thread each (default: the
+    number of cores, at most 8); see docs/performance.md for the measurements.
+    """
+    return ProcessSubmitter(chain_workers=chain_workers, dft_workers=dft_workers, torch_threads=1)
 
 
 def _init_chain_worker(torch_threads: int) -> None:

@@ -20,7 +20,12 @@ from ase.calculators.emt import EMT  # noqa: E402
 from otfparsl.bayes import SGHMCConfig, load_sample  # noqa: E402
 from otfparsl.models import ModelSpec, load_adapter  # noqa: E402
 from otfparsl.training import ChainJob, init_chain_files  # noqa: E402
-from otfparsl.workflow.submit import ProcessSubmitter, ThreadSubmitter, gather  # noqa: E402
+from otfparsl.workflow.submit import (  # noqa: E402
+    ProcessSubmitter,
+    ThreadSubmitter,
+    gather,
+    local_submitter,
+)
 from otfparsl.workflow.tasks import update_chain  # noqa: E402
 
 
@@ -59,16 +64,16 @@ def test_process_workers_equal_thread_workers_bitwise(tmp_path, dtype):
     """One torch thread per chain in both: same kernels, same order, same chain files."""
     jobs = _jobs(tmp_path / "setup", dtype)
     in_threads, in_processes = _copy(jobs, tmp_path / "threads"), _copy(jobs, tmp_path / "procs")
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # both submitters set this process's torch threads
     try:
         with ThreadSubmitter(chain_workers=os.cpu_count() or 1) as submitter:  # 1 torch thread
             stats_t = gather([submitter.submit("chains", update_chain, j) for j in in_threads])
             stats_t = stats_t.result()
+        with ProcessSubmitter(chain_workers=2, torch_threads=1) as submitter:
+            stats_p = gather([submitter.submit("chains", update_chain, j) for j in in_processes])
+            stats_p = stats_p.result()
     finally:
         torch.set_num_threads(threads)
-    with ProcessSubmitter(chain_workers=2, torch_threads=1) as submitter:
-        stats_p = gather([submitter.submit("chains", update_chain, j) for j in in_processes])
-        stats_p = stats_p.result()
     assert {s["pid"] for s in stats_p}.isdisjoint({os.getpid()})
     for a, b, sa, sb in zip(in_threads, in_processes, stats_t, stats_p, strict=True):
         wa, wb = load_sample(a.chain_path), load_sample(b.chain_path)
@@ -87,8 +92,13 @@ def test_flush_denormal_is_cleared_after_a_float32_update(tmp_path):
 
 
 def test_a_dead_chain_worker_fails_its_task_and_the_pool_restarts():
-    with ProcessSubmitter(chain_workers=1) as submitter:
-        dying = submitter.submit("chains", os._exit, 3)
-        with pytest.raises(BrokenProcessPool):
-            dying.result(timeout=120)
-        assert submitter.submit("chains", os.getpid).result(timeout=120) != os.getpid()
+    threads = torch.get_num_threads()
+    try:
+        with local_submitter(chain_workers=1) as submitter:
+            dying = submitter.submit("chains", os._exit, 3)
+            with pytest.raises(BrokenProcessPool):
+                dying.result(timeout=120)
+            assert submitter.submit("chains", os.getpid).result(timeout=120) != os.getpid()
+            assert submitter.submit("local", os.getpid).result() == os.getpid()
+    finally:
+        torch.set_num_threads(threads)
