@@ -76,9 +76,9 @@ class ProcessSubmitter:
     Each `chains` worker is a spawned process with ``torch_threads`` intra-op threads; it keeps
     its loaded model between tasks (``models.cached_adapter``), so only its first update pays
     for the import and the model load. Measured on 2 cores (docs/performance.md), 2 processes x
-    1 torch thread update chains faster than 2 threads x 1 torch thread in one process (the
-    GIL and the shared allocator serialise the Python and allocation parts of a step) and than
-    one chain on 2 torch threads. This process (the MD loop's ensemble predictions) gets
+    1 torch thread update chains faster than 2 threads x 1 torch thread in one process (CHGNet
+    1.11x in CPU time, 1.25x in wall time; tiny MACE 1.06x CPU), presumably because threads
+    share the GIL and the allocator, and than one chain on 2 torch threads. This process (the MD loop's ensemble predictions) gets
     ``cpu_count // chain_workers`` torch threads, as with :class:`ThreadSubmitter`: more
     threads than free cores make torch's spin-waiting kernels collapse (a tiny-MACE forward
     took 2.2 s instead of milliseconds with 2 threads on 2 busy cores).
