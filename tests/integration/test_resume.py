@@ -26,13 +26,14 @@ from otfparsl import jsonable
 HERE = Path(__file__).parent
 TIMING_KEYS = {"wall_s", "seconds", "chains", "label_seconds", "label_reused"}
 
-# Chosen from the uninterrupted run's events (labels at MD steps 0, 10 and 11; updates 1-3;
-# checkpoints every 7 steps and after each label). Steps 9 and 30 fall between checkpoints.
+# Chosen from the uninterrupted run's events (labels at MD steps 0, 14, 15 and 16 with the flat
+# SGHMC sampler; updates 1-4; checkpoints every 7 steps and after each label). Steps 9 and 30
+# fall between checkpoints.
 KILL_POINTS = [
     "dft:label_00000",  # the very first DFT call: no checkpoint exists yet
     "update:1:1",  # chain 0 has finished update 1, chain 1 is computing it
-    "step:9",  # between checkpoints (7 and 10)
-    "dft:label_00002",  # the third DFT call, at step 11
+    "step:9",  # between checkpoints (7 and 14)
+    "dft:label_00002",  # the third DFT call, at step 15
     "update:3:2",  # chains 0 and 1 finished update 3, chain 2 is computing it
     "step:30",  # between checkpoints in the second segment
 ]
@@ -79,7 +80,7 @@ def reference(tmp_path_factory, cu_foundation_model) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     assert _session(run_dir, cu_foundation_model) == 0
     labels = [e["step"] for e in _events(run_dir) if e["event"] == "label"]
-    assert labels == [0, 10, 11], "the kill points below were chosen for labels at steps 0, 10, 11"
+    assert labels == [0, 14, 15, 16], "the kill points were chosen for labels at steps 0, 14-16"
     return run_dir
 
 
@@ -93,14 +94,14 @@ def test_killed_six_times_and_resumed_equals_the_uninterrupted_run(reference, cu
     resumes = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines()) if e["event"] == "resume"]
     # the first two kills came before the first checkpoint (end of step 0): those sessions
     # started over; a resume event of a session killed before its next checkpoint is cut away
-    assert [r["step"] for r in resumes] == [[7], [10], [28]]
+    assert [r["step"] for r in resumes] == [[7], [14], [28]]
     assert _events(run_dir) == _events(reference)
     _assert_same_frames(_frames(run_dir / "labels.extxyz"), _frames(reference / "labels.extxyz"))
     _assert_same_frames(_frames(run_dir / "trajectory.extxyz"), _frames(reference / "trajectory.extxyz"))
     for k in range(3):
         mine = torch.load(run_dir / "chains" / f"chain_{k}.pt", weights_only=True)
         theirs = torch.load(reference / "chains" / f"chain_{k}.pt", weights_only=True)
-        assert mine["n_updates"] == theirs["n_updates"] == 3
+        assert mine["n_updates"] == theirs["n_updates"] == 4
         assert all(torch.equal(mine["weights"][n], theirs["weights"][n]) for n in theirs["weights"])
         assert torch.equal(mine["data_rng_state"], theirs["data_rng_state"])
     assert json.loads((run_dir / "calibration.json").read_text()) == json.loads((reference / "calibration.json").read_text())
