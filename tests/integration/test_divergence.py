@@ -1,7 +1,8 @@
 """A chain that produces NaN/inf during a real run: restored, repeated with a smaller step, logged.
 
 A step size far above the family's (1e-4) makes the tiny-MACE chains blow up on the EMT copper
-run; the first divergence appears at update 1.
+run; the first divergence appears at update 1. With the flat sampler's noise stream (the default
+since stop 15) a later update needed more halvings than the reference sampler's, hence up to 6.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _finite_chains(run_dir: Path) -> list[int]:
 
 
 def test_a_diverging_chain_is_restored_and_repeated_with_a_smaller_step(cu_foundation_model, tmp_path):
-    result = _run(_settings(cu_foundation_model, divergence_retries=4), tmp_path / "run")
+    result = _run(_settings(cu_foundation_model, divergence_retries=6), tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")
     diverged = [e for e in events if e["event"] == "chain_diverged"]
     assert diverged and diverged[0]["generation"] == 1
