@@ -44,6 +44,7 @@ def sampler_config(bayes: BayesSettings, defaults: FamilyDefaults) -> SGHMCConfi
         noise_off_steps=bayes.noise_off_steps,
         noise_ramp_steps=bayes.noise_ramp_steps,
         priority=bayes.priority,
+        sampler=bayes.sampler,
     )
 
 

@@ -63,6 +63,11 @@ class BayesSettings(_Strict):
     priority: Literal["unbiased", "original", "uniform"] = Field(
         "unbiased", description="Minibatch rule for the newest structure (original = biased rule of the paper's code)."
     )
+    sampler: Literal["flat", "reference"] = Field(
+        "flat", description="SGHMC implementation: 'flat' (one weight buffer, analytic prior gradient; "
+        "default) or 'reference' (the original's per-tensor update, as before stop 15). Same law; "
+        "different random paths from the same seed.",
+    )
     variance_ddof: Literal[0, 1] = Field(
         1, description="Divisor of the spread of member means: 1 -> M-1 (default, the original's "
         "torch.var), 0 -> M.",

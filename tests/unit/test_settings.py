@@ -59,3 +59,13 @@ def test_yaml_round_trip_and_relative_structure(tmp_path):
 def test_missing_run_file_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigurationError, match="does not exist"):
         RunSettings.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_the_sghmc_implementation_is_a_setting():
+    from otfparsl.from_settings import sampler_config
+    from otfparsl.models.base import FamilyDefaults
+    from otfparsl.settings import BayesSettings
+
+    defaults = FamilyDefaults(sigma_tl=0.2, step_size=1e-3, head_hidden=(32, 16))
+    assert sampler_config(BayesSettings(), defaults).sampler == "flat"
+    assert sampler_config(BayesSettings(sampler="reference"), defaults).sampler == "reference"
