@@ -63,6 +63,11 @@ class Prediction:
     features: torch.Tensor
     force_sigma: torch.Tensor | None = None
 
+    def detached(self) -> Prediction:
+        """The same prediction with every tensor detached from the autograd graph."""
+        return Prediction(*(t.detach() if t is not None else None for t in (
+            self.energy, self.forces, self.stress, self.features, self.force_sigma)))
+
 
 class CoreModel(Protocol):
     """The torch module of a foundation model, as the Bayesian machinery sees it.

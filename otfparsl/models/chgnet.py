@@ -133,10 +133,7 @@ class CHGNetCore(torch.nn.Module):
             stress = 0.5 * (stress + stress.transpose(1, 2))
         features = torch.cat(out["atom_fea"])
         pred = Prediction(energy=energy, forces=forces, stress=stress, features=features)
-        if not training:
-            pred = Prediction(*(t.detach() if t is not None else None for t in (
-                pred.energy, pred.forces, pred.stress, pred.features)))
-        return pred
+        return pred if training else pred.detached()
 
 
 class CHGNetAdapter:

@@ -222,10 +222,7 @@ class MACECore(torch.nn.Module):
             stress = -out["virials"] / volume.view(-1, 1, 1) * periodic.view(-1, 1, 1)
         pred = Prediction(energy=out["energy"], forces=out["forces"], stress=stress,
                           features=out["node_feats"].index_select(-1, self.feature_index))
-        if not training:
-            pred = Prediction(*(t.detach() if t is not None else None for t in (
-                pred.energy, pred.forces, pred.stress, pred.features)))
-        return pred
+        return pred if training else pred.detached()
 
 
 class MACEAdapter:

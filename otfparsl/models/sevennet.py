@@ -204,10 +204,7 @@ class SevenNetCore(torch.nn.Module):
                                  torch.ones_like(periodic, dtype=pos.dtype))
             stress = grads[1] * (periodic.to(pos.dtype) / volume).view(-1, 1, 1)
         pred = Prediction(energy=energy, forces=forces, stress=stress, features=features)
-        if not training:
-            pred = Prediction(*(t.detach() if t is not None else None for t in (
-                pred.energy, pred.forces, pred.stress, pred.features)))
-        return pred
+        return pred if training else pred.detached()
 
 
 class SevenNetAdapter:
