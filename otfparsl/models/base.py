@@ -51,6 +51,19 @@ class ModelSpec:
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
 
+#: The floating-point types a model may run in, by their ``ModelSpec.dtype`` name.
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_dtype(spec: ModelSpec) -> torch.dtype:
+    """Return the torch dtype named by ``spec.dtype``; ConfigurationError for any other name."""
+    if spec.dtype not in TORCH_DTYPES:
+        from otfparsl.errors import ConfigurationError
+
+        raise ConfigurationError(f"dtype must be one of {sorted(TORCH_DTYPES)}; got {spec.dtype!r}")
+    return TORCH_DTYPES[spec.dtype]
+
+
 @dataclass(frozen=True)
 class FamilyDefaults:
     """Published method settings for one model family (method.md sections 1-3, 5).

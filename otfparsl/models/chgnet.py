@@ -45,11 +45,11 @@ from otfparsl.models.base import (
     PreparedStructure,
     collate_labels,
     structure_index,
+    torch_dtype,
 )
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _CHECKPOINTS = ("0.3.0", "0.2.0", "r2scan")
 #: Largest atomic number CHGNet's element embedding covers.
 MAX_ATOMIC_NUMBER = 94
@@ -147,12 +147,10 @@ class CHGNetAdapter:
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.dtype not in _DTYPES:
-            raise ConfigurationError(f"dtype must be one of {sorted(_DTYPES)}; got {spec.dtype!r}")
         if spec.options:
             raise ConfigurationError(f"CHGNet takes no options; got {dict(spec.options)}")
         self.spec = spec
-        self.dtype = _DTYPES[spec.dtype]
+        self.dtype = torch_dtype(spec)
         self.device = torch.device(spec.device)
         model = _load_chgnet(spec.source or "0.3.0")
         self._composition_model = model.composition_model

@@ -33,6 +33,7 @@ from otfparsl.models.base import (
     PreparedStructure,
     collate_labels,
     structure_index,
+    torch_dtype,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ TINY_ATOMIC_NUMBERS: tuple[int, ...] = (1, 6, 7, 8, 13, 28, 29, 46, 47, 78, 79)
 _TINY_OPTIONS = {
     "r_max": 4.5, "channels": 16, "max_ell": 2, "num_interactions": 2, "correlation": 2
 }
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def build_tiny_mace(
@@ -235,12 +235,8 @@ class MACEAdapter:
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.dtype not in _DTYPES:
-            raise ConfigurationError(
-                f"dtype must be one of {sorted(_DTYPES)}; got {spec.dtype!r}"
-            )
         self.spec = spec
-        self.dtype = _DTYPES[spec.dtype]
+        self.dtype = torch_dtype(spec)
         self.device = torch.device(spec.device)
         model = _load_mace_model(spec, self.dtype).to(dtype=self.dtype, device=self.device)
         for p in model.parameters():

@@ -56,11 +56,11 @@ from otfparsl.models.base import (
     PreparedStructure,
     collate_labels,
     structure_index,
+    torch_dtype,
 )
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Module of SevenNet whose input is the per-atom invariant feature vector.
 _READOUT = "reduce_input_to_hidden"
 #: Module classes replaced by the core's own code (one-hot in collate, energy sum, autograd).
@@ -218,12 +218,10 @@ class SevenNetAdapter:
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        if spec.dtype not in _DTYPES:
-            raise ConfigurationError(f"dtype must be one of {sorted(_DTYPES)}; got {spec.dtype!r}")
         if spec.options:
             raise ConfigurationError(f"SevenNet takes no options; got {dict(spec.options)}")
         self.spec = spec
-        self.dtype = _DTYPES[spec.dtype]
+        self.dtype = torch_dtype(spec)
         self.device = torch.device(spec.device)
         model, config = _load_sevennet(spec.source or "7net-0")
         frozen = _parameters_without_grad_to_buffers(model)
