@@ -132,7 +132,7 @@ class CalibrationSettings(_Strict):
 class LabelerSettings(_Strict):
     """The reference (DFT) calculation."""
 
-    kind: str = Field("pyscf", description="DFT code: one of otfparsl.labelers.kinds() (pyscf, pyscf_pbc, vasp, ase).")
+    kind: str = Field("pyscf", description="DFT code: one of otfparsl.labelers.kinds() (pyscf, pyscf_pbc, cp2k, vasp, ase).")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments of the labeller (xc, basis, incar, ...)."
     )

@@ -50,7 +50,7 @@ def make_labeler(kind: str, **options: Any) -> Labeler:
     Parameters
     ----------
     kind
-        A name of :func:`kinds` (``"pyscf"``, ``"vasp"``, ``"ase"``).
+        A name of :func:`kinds` (``"pyscf"``, ``"pyscf_pbc"``, ``"cp2k"``, ``"vasp"``, ``"ase"``).
     **options
         Fields of that kind's labeller class.
     """
@@ -58,7 +58,7 @@ def make_labeler(kind: str, **options: Any) -> Labeler:
     if declared is None:
         raise ConfigurationError(
             f"unknown labeler kind {kind!r}; allowed: {sorted(kinds())}. Use 'ase' with "
-            "name=... for other ASE calculators (gpaw, espresso, cp2k, emt)."
+            "name=... for other ASE calculators (gpaw, espresso, emt)."
         )
     _check_option_names(kind, declared.labeler, options)
     try:

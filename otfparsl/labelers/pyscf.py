@@ -131,7 +131,7 @@ class PySCFLabeler:
             raise ConfigurationError(
                 f"the 'pyscf' labeller handles molecules only; the structure has "
                 f"pbc={atoms.pbc.tolist()} ({atoms.get_chemical_formula()}). Use labeler.kind "
-                "'pyscf_pbc' (PySCF's periodic DFT), 'vasp' or 'ase' (GPAW, CP2K, Quantum "
+                "'pyscf_pbc' (PySCF's periodic DFT), 'cp2k', 'vasp' or 'ase' (GPAW, Quantum "
                 "ESPRESSO) for a periodic cell, or give a molecule without a cell"
             )
         n_electrons = int(atoms.numbers.sum()) - self.charge
@@ -167,8 +167,8 @@ class PySCFLabeler:
         if np.any(atoms.pbc):
             raise ConfigurationError(
                 f"PySCFLabeler handles molecules only; got pbc={atoms.pbc.tolist()}. "
-                "Set atoms.pbc = False for a molecule, or use the 'pyscf_pbc', 'vasp' or 'ase' "
-                "labeler (GPAW, CP2K, Quantum ESPRESSO) for periodic systems."
+                "Set atoms.pbc = False for a molecule, or use the 'pyscf_pbc', 'cp2k', 'vasp' or "
+                "'ase' labeler (GPAW, Quantum ESPRESSO) for periodic systems."
             )
         gto, _, _ = _import_pyscf()
         path = prepare_workdir(workdir)

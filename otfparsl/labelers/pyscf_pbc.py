@@ -20,12 +20,11 @@ shared with other jobs; Si 2-atom primitive cell):
 - **Installation.** pip only (``pyscf==2.14.0``, the ``dft`` extra), no executable, no system
   package. ``pip install gpaw`` (26.7.0, after ``apt-get install libxc-dev libopenblas-dev
   gpaw-data``, 7 s) failed to build here after 56 s (``c/bmgs/zero.c`` includes the C++ header
-  ``<algorithm>`` but is compiled as C). CP2K from Debian (2023.1: 51 MB plus 193 MB of data)
-  needs ``cp2k_shell`` for ASE's calculator; not tried. Both serve a site through
-  ``labeler.kind: ase``.
+  ``<algorithm>`` but is compiled as C). CP2K from Debian (2023.1) has its
+  own labeller, ``labeler.kind: cp2k`` (spin, DFT+U, charged cells; ``otfparsl/labelers/cp2k.py``).
 
 Limits of PySCF 2.14.0's periodic stress, checked before a run: closed-shell (restricted) Kohn-
-Sham only, LDA/GGA/meta-GGA (no hybrid functional, no DFT+U), FFT density fitting, cells periodic
+Sham only, LDA/GGA/meta-GGA (no hybrid functional, no DFT+U: ``cp2k`` has DFT+U), FFT density fitting, cells periodic
 in three directions. No smearing: use it for insulators and semiconductors.
 """
 

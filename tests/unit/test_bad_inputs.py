@@ -226,7 +226,7 @@ CASES = [
     Case(
         "unknown-labeler-kind",
         "ConfigurationError",
-        "labeler.kind: unknown labeler kind 'gaussian'; allowed: ase, pyscf, pyscf_pbc, vasp",
+        "labeler.kind: unknown labeler kind 'gaussian'; allowed: ase, cp2k, pyscf, pyscf_pbc, vasp",
         {"labeler": {"kind": "gaussian"}},
     ),
     Case(

@@ -111,15 +111,19 @@ def lamno3_pseudocubic_supercell() -> Atoms:
     return upper_triangular(supercell)
 
 
-def write_lamno3_structure(path: str | Path) -> Path:
-    """Write the 40-atom supercell of :func:`lamno3_pseudocubic_supercell` as extxyz; return the path."""
+def write_lamno3_structure(path: str | Path, small: bool = False) -> Path:
+    """Write the 40-atom supercell (or, ``small``, the 20-atom Pbnm cell) as extxyz; return the path."""
     import ase.io
 
     path = Path(path)
-    atoms = lamno3_pseudocubic_supercell()
+    atoms = lamno3_pbnm() if small else lamno3_pseudocubic_supercell()
     atoms.info["source"] = (
         "LaMnO3 Pbnm, Rodriguez-Carvajal et al. PRB 57 R3189 (1998), room temperature"
     )
-    atoms.info["supercell"] = "2x2x2 pseudo-cubic: A1=a+b, A2=b-a, A3=c, rotated upper triangular"
+    atoms.info["supercell"] = (
+        "none: the Pbnm cell a, b, c"
+        if small
+        else "2x2x2 pseudo-cubic: A1=a+b, A2=b-a, A3=c, rotated upper triangular"
+    )
     ase.io.write(path, atoms, format="extxyz")
     return path

@@ -7,7 +7,8 @@ into the nearly cubic O phase (Rodriguez-Carvajal et al., PRB 57, R3189 (1998)).
 
 Per trajectory frame this analysis reads, from the NPT cell of the workflow's 2x2x2
 pseudo-cubic supercell (cell vectors ``A1 = a + b``, ``A2 = b - a``, ``A3 = c`` of the
-orthorhombic cell, :mod:`otfparsl.analysis.systems._lamno3_structure`):
+orthorhombic cell, :mod:`otfparsl.analysis.systems._lamno3_structure`) or of the small
+variant's 20-atom Pbnm cell (``a``, ``b``, ``c``):
 
 - the orthorhombic lattice parameters ``a = |A1 - A2| / 2``, ``b = |A1 + A2| / 2``,
   ``c = |A3|`` and the pseudo-cubic ones ``a / sqrt(2)``, ``b / sqrt(2)``, ``c / 2`` (Å);
@@ -38,15 +39,26 @@ from otfparsl.run.directory import RunDirectory
 BIN_FS = 2500.0
 
 
-def orthorhombic_lattice(cell: np.ndarray) -> tuple[float, float, float]:
-    """Return the orthorhombic a, b, c (Å) of the 2x2x2 pseudo-cubic supercell's cell.
+def orthorhombic_lattice(cell: np.ndarray, n_formula_units: int = 8) -> tuple[float, float, float]:
+    """Return the orthorhombic a, b, c (Å) of a LaMnO3 cell of the workflows.
 
     Parameters
     ----------
     cell
-        ``(3, 3)`` cell matrix (rows ``A1 = a + b``, ``A2 = b - a``, ``A3 = c``), Å.
+        ``(3, 3)`` cell matrix, Å: for 8 formula units the 2x2x2 pseudo-cubic supercell (rows
+        ``A1 = a + b``, ``A2 = b - a``, ``A3 = c``, ``workflows/lamno3/run.yaml``); for 4 the
+        20-atom Pbnm cell itself (rows ``a``, ``b``, ``c``, ``run_small.yaml``).
+    n_formula_units
+        Formula units (Mn atoms) in the cell: 8 or 4.
     """
     a1, a2, a3 = np.asarray(cell, dtype=float)
+    if n_formula_units == 4:
+        return float(np.linalg.norm(a1)), float(np.linalg.norm(a2)), float(np.linalg.norm(a3))
+    if n_formula_units != 8:
+        raise ConfigurationError(
+            f"the LaMnO3 analysis reads the lattice of the 20-atom Pbnm cell or of the 40-atom "
+            f"2x2x2 pseudo-cubic supercell; this cell has {n_formula_units} formula units"
+        )
     return (
         float(np.linalg.norm(a1 - a2) / 2),
         float(np.linalg.norm(a1 + a2) / 2),
@@ -85,7 +97,9 @@ def jahn_teller_rms(atoms: Atoms) -> float:
 
 def order_parameters(frames: list[Atoms]) -> dict[str, np.ndarray]:
     """Per-frame pseudo-cubic lattice parameters (Å), orthorhombic strain and sigma_JT (Å)."""
-    lattice = np.array([orthorhombic_lattice(np.asarray(f.cell)) for f in frames])
+    lattice = np.array(
+        [orthorhombic_lattice(np.asarray(f.cell), f.get_chemical_symbols().count("Mn")) for f in frames]
+    )
     return {
         "a_pc_A": lattice[:, 0] / np.sqrt(2.0), "b_pc_A": lattice[:, 1] / np.sqrt(2.0), "c_pc_A": lattice[:, 2] / 2.0,
         "orthorhombic_strain": orthorhombic_strain(lattice[:, 0], lattice[:, 1]),

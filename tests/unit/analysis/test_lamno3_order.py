@@ -70,6 +70,14 @@ def test_supercell_is_40_atoms_upper_triangular_with_the_orthorhombic_axes():
     )  # no overlap after the rotation
 
 
+def test_the_20_atom_pbnm_cell_gives_the_same_order_parameters_as_the_supercell():
+    small, large = order_parameters([lamno3_pbnm()]), order_parameters([lamno3_pseudocubic_supercell()])
+    for key in small:
+        assert small[key][0] == pytest.approx(large[key][0], abs=1e-9), key
+    with pytest.raises(ConfigurationError, match="20-atom Pbnm cell or of the 40-atom"):
+        orthorhombic_lattice(np.eye(3), n_formula_units=2)
+
+
 def test_committed_structure_file_is_the_builders_output():
     committed = ase.io.read(WORKFLOW / "lamno3_2x2x2.extxyz")
     built = lamno3_pseudocubic_supercell()

@@ -16,7 +16,7 @@ from otfparsl.settings import LabelerSettings
 
 def test_every_kind_is_declared_once_with_its_checks():
     known = kinds()
-    assert set(known) == {"ase", "pyscf", "pyscf_pbc", "vasp"}
+    assert set(known) == {"ase", "cp2k", "pyscf", "pyscf_pbc", "vasp"}
     for name, kind in known.items():
         assert isinstance(kind, LabelerKind) and kind.name == name and kind.summary
         module = importlib.import_module(kind.labeler.__module__)
@@ -29,7 +29,7 @@ def test_every_kind_is_declared_once_with_its_checks():
 def test_settings_accept_exactly_the_declared_kinds():
     for name in kinds():
         assert LabelerSettings(kind=name).kind == name
-    with pytest.raises(ValueError, match="unknown labeler kind 'gaussian'; allowed: ase, pyscf, pyscf_pbc, vasp"):
+    with pytest.raises(ValueError, match="unknown labeler kind 'gaussian'; allowed: ase, cp2k, pyscf, pyscf_pbc, vasp"):
         LabelerSettings(kind="gaussian")
 
 
@@ -46,4 +46,7 @@ def test_each_labeller_checks_the_structures_it_cannot_label():
     make_labeler("pyscf_pbc").check_structure(bulk("Si"))
     with pytest.raises(ConfigurationError, match="periodic in all three directions"):
         make_labeler("pyscf_pbc").check_structure(water)
+    make_labeler("cp2k").check_structure(copper)
+    with pytest.raises(ConfigurationError, match="periodic in all three directions"):
+        make_labeler("cp2k").check_structure(water)
     make_labeler("ase", name="emt").check_structure(copper)

@@ -1,0 +1,96 @@
+"""The paper's periodic systems, small variants, end to end with real DFT (CP2K) and their analyses.
+
+Each workflow's ``run_small.yaml`` runs through the driver on this machine (CHGNet 0.3.0, CP2K
+PBE labels with energy, forces and stress), then ``otfparsl report`` writes the page. What must
+come out: a finished run whose every label is CP2K's own result, the workflow's own analysis
+computed on the run's trajectory and DFT calls, and that analysis in the report. Minutes of DFT
+each: marked ``long`` (``pytest -m long``, its own step in ``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+
+from otfparsl.run.directory import read_events
+from otfparsl.settings import RunSettings
+from otfparsl.workflow.driver import run
+from otfparsl.workflow.submit import ThreadSubmitter
+
+WORKFLOWS = Path(__file__).parents[2] / "workflows"
+SMALL = {"cazrs3_proton": "cazrs3_protons"}
+
+pytestmark = [
+    pytest.mark.dft,
+    pytest.mark.cp2k,
+    pytest.mark.slow,
+    pytest.mark.long,
+    pytest.mark.skipif(
+        shutil.which("cp2k.psmp") is None, reason="CP2K is not installed (apt-get install cp2k)"
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=sorted(SMALL))
+def finished(request, tmp_path_factory):
+    pytest.importorskip("chgnet")
+    from otfparsl.analysis.report import write_report
+
+    settings = RunSettings.from_yaml(WORKFLOWS / request.param / "run_small.yaml")
+    run_dir = tmp_path_factory.mktemp(request.param) / "run"
+    with ThreadSubmitter(chain_workers=2) as submitter:
+        result = run(settings, submitter=submitter, run_dir=run_dir)
+    page = write_report(run_dir)
+    return request.param, settings, result, run_dir, page
+
+
+def test_the_run_finishes_and_every_label_is_cp2ks(finished):
+    _, settings, result, run_dir, _ = finished
+    events = read_events(run_dir / "events.jsonl")
+    steps = [e for e in events if e["event"] == "step"]
+    calls = [e for e in steps if e["intervened"]]
+    labels = ase.io.read(run_dir / "labels.extxyz", ":")
+    assert steps[0]["intervened"] and len(labels) == len(calls) == result.dft_calls >= 1
+    assert (
+        result.n_steps
+        == len(steps)
+        == 1 + round(sum(s.duration_fs / s.timestep_fs for s in settings.md.segments))
+    )
+    for label in labels:
+        assert label.info["labeler"] == "cp2k"
+        assert np.all(np.isfinite(label.get_forces())) and np.all(np.isfinite(label.get_stress()))
+    outputs = sorted((run_dir / "dft").glob("label_*/cp2k.out"))
+    assert len(outputs) >= len(labels) and all(
+        "ENERGY| Total FORCE_EVAL" in p.read_text() for p in outputs
+    )
+    charge = settings.labeler.options.get("charge", 0)
+    assert f"CHARGE {charge}" in (outputs[0].parent / "cp2k.inp").read_text() or charge == 0
+
+
+def test_the_workflows_analysis_is_computed_on_the_run(finished):
+    workflow, _, _, run_dir, _ = finished
+    name = SMALL[workflow]
+    result = json.loads((run_dir / "analysis" / f"{name}.json").read_text())
+    frames = ase.io.read(run_dir / "trajectory.extxyz", ":")
+    events = read_events(run_dir / "events.jsonl")
+    n_calls = sum(1 for e in events if e["event"] == "step" and e["intervened"])
+    assert result["analysis"] == name and result["n_frames"] == len(frames)
+    if name == "cazrs3_protons":
+        assert result["n_dft_calls"] == n_calls
+        test = result["dft_calls_near_jumps"]
+        assert test["steps_inside"] + test["steps_outside"] == sum(
+            1 for e in events if e["event"] == "step"
+        )
+        assert len(result["proton_msd"]["lag_fs"]) > 10  # the NVE stretch
+
+
+def test_the_report_shows_the_analysis(finished):
+    workflow, _, _, run_dir, page = finished
+    html = page.read_text()
+    assert (run_dir / "analysis" / f"{SMALL[workflow]}.png").is_file()
+    assert SMALL[workflow] in html and "<img" in html
