@@ -188,3 +188,33 @@ def test_cluster_yamls_validate_offline_through_the_cli(run_yaml, tmp_path, mace
     assert f"({formula}), periodic=True; DFT environment not checked (--no-dft-env)" in output
     assert "source: mace-mp-0:medium" not in output  # the file, loaded: its elements were checked
     assert np.isfinite(RunSettings.from_yaml(offline).calibration.energy_threshold_eV)
+
+
+SMALL_YAMLS = [WORKFLOWS / "lamno3" / "run_small.yaml", WORKFLOWS / "cazrs3_proton" / "run_small.yaml"]
+
+
+@pytest.mark.parametrize("run_yaml", SMALL_YAMLS, ids=lambda p: p.parent.name + "/" + p.name)
+def test_small_variants_validate_through_the_cli(run_yaml):
+    """The laptop variants load CHGNet from its wheel and label with CP2K (checked where it is)."""
+    pytest.importorskip("chgnet")
+    result = CliRunner().invoke(app, ["validate", str(run_yaml), "--no-dft-env"])
+    assert result.exit_code == 0, result.output
+    formula = "La4Mn4O12" if "lamno3" in str(run_yaml) else "HCa4S12Zr4"
+    assert f"({formula}), periodic=True" in " ".join(result.output.split())
+    settings = RunSettings.from_yaml(run_yaml)
+    assert settings.labeler.kind == "cp2k" and settings.model.family == "chgnet"
+
+
+def test_committed_small_cazrs3_cell_is_the_builders_output():
+    from otfparsl.analysis.systems._cazrs3_structure import cazrs3_proton_cell
+
+    committed = read_structure(WORKFLOWS / "cazrs3_proton" / "cazrs3_h_small.extxyz")
+    built = cazrs3_proton_cell(WORKFLOWS / "cazrs3_proton" / "POSCAR")
+    assert committed.get_chemical_formula() == built.get_chemical_formula() == "HCa4S12Zr4"
+    np.testing.assert_allclose(committed.positions, built.positions, atol=1e-7)
+    np.testing.assert_allclose(committed.cell, np.asarray(built.cell), atol=1e-9)
+    sulfur = [i for i, s in enumerate(built.get_chemical_symbols()) if s == "S"]
+    assert min(built.get_distances(len(built) - 1, sulfur, mic=True)) == pytest.approx(1.336)
+    # the host keeps its chemistry: no two atoms closer than the S-H bond
+    distances = built.get_all_distances(mic=True) + 10 * np.eye(len(built))
+    assert distances.min() == pytest.approx(1.336)

@@ -1,8 +1,9 @@
 """CP2K labeller: stress = (1/V) dE/d(strain), forces = -dE/dR, DFT+U and spin, SCF guess, failures.
 
 The tests that run CP2K are marked ``cp2k`` and skip where Debian's ``cp2k`` is not installed
-(``.ci/run`` installs it); the spin-polarised DFT+U one takes minutes and is also marked ``long``
-(``pytest -m long``, a step of its own in ``.ci/run``).
+(``.ci/run`` installs it). Spin-polarised DFT+U costs minutes per label even for the smallest
+cells (8-atom MnO, 20-atom LaMnO3), so it is checked here on the input CP2K gets and was run by
+hand (``workflows/lamno3/README.md``).
 """
 
 from __future__ import annotations
@@ -105,37 +106,6 @@ def test_previous_wavefunction_guess_saves_scf_steps_and_agrees_with_atomic(tmp_
     other = atoms.copy()
     other.symbols[0] = "Ge"
     assert previous._guess_file(other, tmp_path / "labels" / "c") is None
-
-
-@pytest.mark.dft
-@pytest.mark.cp2k
-@pytest.mark.long
-@needs_cp2k
-def test_spin_polarised_dft_plus_u_cell_is_labelled_with_stress(tmp_path):
-    """Ferromagnetic MnO with U(Mn d) = 3.9 eV (the Materials Project's), charge and spin as set."""
-    # Gamma only (CP2K has no +U with k-points): the 8-atom cubic cell, ferromagnetic (20 unpaired
-    # d electrons), an insulator in both spin channels, so OT converges. About 3 minutes here.
-    atoms = bulk("MnO", "rocksalt", a=4.45, cubic=True)
-    options = {
-        **_FAST, "eps_scf": 1e-6, "uks": True, "multiplicity": 21, "magnetization": {"Mn": 5},
-        "basis": {"Mn": "DZVP-MOLOPT-PBE-GTH-q15"}, "pseudo": {"Mn": "GTH-PBE-q15"},
-    }  # fmt: skip
-    plain = make_labeler("cp2k", **options).label(atoms, tmp_path / "gga")
-    plus_u = make_labeler("cp2k", **options, plus_u={"Mn": {"l": 2, "u_eV": 3.9}}).label(
-        atoms, tmp_path / "u"
-    )
-    text = (tmp_path / "u" / "cp2k.inp").read_text()
-    assert (
-        "PLUS_U_METHOD MULLIKEN" in text
-        and "U_MINUS_J [eV] 3.9" in text
-        and "UNRESTRICTED_KOHN_SHAM ON" in text
-    )
-    for out in (plain, plus_u):
-        assert (
-            np.all(np.isfinite(out.get_stress())) and np.abs(out.get_forces()).max() < 1e-3
-        )  # symmetric
-    # +U raises the energy of the partly filled d shell: a real, not a silently ignored, setting
-    assert plus_u.get_potential_energy() - plain.get_potential_energy() > 0.1
 
 
 @pytest.mark.dft
