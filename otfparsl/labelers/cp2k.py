@@ -9,9 +9,12 @@ centre's modules, so it labels what PySCF's periodic code cannot here: spin-pola
 DFT+U, charged cells, elements without a PySCF GTH basis (La).
 
 Measured on the 2-core development machine (2026-12-02, two OpenMP threads, PBE, GTH-PBE,
-DZVP-MOLOPT, 400 Ry, Gamma only, orbital transformation): CaZrS3 with one proton (21 atoms,
-charge +1) 135 s for the first label from the atomic guess (67 SCF steps) and 38 s from the
-previous label's wavefunction (17 steps). ``benchmarks/bench_cp2k_label.py`` reruns it.
+DZVP-MOLOPT, 300 Ry, Gamma only, orbital transformation) in the run of
+``workflows/cazrs3_proton/run_small.yaml`` (``pytest -m long tests/integration/test_small_systems.py``;
+each label's time is in ``events.jsonl``): CaZrS3 with one proton (21 atoms, charge +1) 132 s for
+the first label from the atomic guess, 47-66 s from the previous label's wavefunction.
+Spin-polarised PBE+U of the 20-atom LaMnO3 cell (``workflows/lamno3/run_small.yaml``): 836 s
+for the first label.
 
 The SCF starts from the newest wavefunction a finished label of the same atoms left in a sibling
 working directory (``scf_guess: previous``, the default; CP2K's ``SCF_GUESS RESTART``), else from
