@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _cost import median_time
 from ase.build import molecule
 from ase.calculators.emt import EMT  # noqa: F401 - documented alternative reference
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -54,16 +54,6 @@ def _spec(name: str, workdir: str) -> ModelSpec:
         path = build_mace_mp0_medium_architecture(Path(workdir) / "mace-mp0-medium-arch.model")
         return ModelSpec(family="mace", source=str(path), dtype="float32")
     return SPECS[name]
-
-
-def _timeit(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _labelled_set(adapter, n: int, seed: int = 0):
@@ -110,8 +100,8 @@ def _benchmark(args: argparse.Namespace, spec: ModelSpec) -> None:
     def ensemble_call() -> None:
         ensemble.calculate(atoms.copy(), ["energy", "forces"])
 
-    t_single = _timeit(single, args.repeat)
-    t_ensemble = _timeit(ensemble_call, args.repeat)
+    t_single = median_time(single, args.repeat)
+    t_ensemble = median_time(ensemble_call, args.repeat)
     print(f"model={args.model} structure=ethanol (9 atoms) torch_threads={torch.get_num_threads()}")
     print(f"single forward (E+F)          : {t_single * 1e3:8.2f} ms")
     print(f"ensemble of {args.members} (E+F+std)     : {t_ensemble * 1e3:8.2f} ms")

@@ -94,6 +94,24 @@ def prepare_workdir(workdir: str | Path) -> Path:
     return path
 
 
+def three_positive_ints(name: str, value: object, alternative: str = "") -> tuple[int, int, int]:
+    """Return ``value`` as three integers >= 1 (a k-point mesh or an FFT grid), or raise.
+
+    ``alternative`` names what else the option accepts, for the message (e.g. "or null (Gamma only)").
+    """
+    try:
+        items = tuple(int(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        items = ()
+    if len(items) != 3 or any(v < 1 for v in items) or list(items) != list(value):  # type: ignore[call-overload]
+        extra = f" {alternative}" if alternative else ""
+        raise ConfigurationError(
+            f"{name} must be three integers >= 1 (one per cell vector){extra}; got {value!r}. "
+            f"Example: {name}: [2, 2, 2]"
+        )
+    return items  # type: ignore[return-value]
+
+
 def is_periodic(atoms: Atoms) -> bool:
     """Return True when the cell is periodic in all three directions (stress is defined)."""
     return bool(np.all(atoms.pbc))

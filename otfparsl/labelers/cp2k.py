@@ -41,7 +41,13 @@ from ase import Atoms, units
 
 from otfparsl import jsonable
 from otfparsl.errors import ConfigurationError, LabelingFailed, SCFNotConverged
-from otfparsl.labelers.base import LabelerKind, is_periodic, labelled_copy, prepare_workdir
+from otfparsl.labelers.base import (
+    LabelerKind,
+    is_periodic,
+    labelled_copy,
+    prepare_workdir,
+    three_positive_ints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +60,6 @@ DEBIAN_DATA_DIR = "/usr/share/cp2k"
 #: The basis for elements without an entry in ``basis`` (CP2K's MOLOPT family, short range).
 DEFAULT_BASIS = "DZVP-MOLOPT-SR-GTH"
 _GUESSES = ("previous", "atomic")
-
-
-def _three_positive_ints(name: str, value: Any) -> tuple[int, int, int]:
-    try:
-        items = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        items = ()
-    if len(items) != 3 or any(v < 1 for v in items) or list(items) != list(value):
-        raise ConfigurationError(
-            f"{name} must be three integers >= 1 (one per cell vector) or null (Gamma only); got "
-            f"{value!r}. Example: {name}: [2, 2, 2]"
-        )
-    return items  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -150,7 +143,7 @@ class CP2KLabeler:
     def __post_init__(self) -> None:
         object.__setattr__(self, "basis_files", tuple(self.basis_files))
         if self.kpts is not None:
-            object.__setattr__(self, "kpts", _three_positive_ints("kpts", self.kpts))
+            object.__setattr__(self, "kpts", three_positive_ints("kpts", self.kpts, "or null (Gamma only)"))
         if not (self.cutoff_Ry > 0 and self.rel_cutoff_Ry > 0):
             raise ConfigurationError(
                 f"cutoff_Ry and rel_cutoff_Ry must be > 0 Rydberg; got {self.cutoff_Ry}, "

@@ -49,7 +49,13 @@ from otfparsl.errors import (
     MissingDependencyError,
     SCFNotConverged,
 )
-from otfparsl.labelers.base import LabelerKind, is_periodic, labelled_copy, prepare_workdir
+from otfparsl.labelers.base import (
+    LabelerKind,
+    is_periodic,
+    labelled_copy,
+    prepare_workdir,
+    three_positive_ints,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +74,6 @@ def _import_pbc() -> tuple[Any, Any]:
             package="pyscf", extra="dft", feature="The periodic PySCF labeler ('pyscf_pbc')"
         ) from exc
     return gto, dft
-
-
-def _three_positive_ints(name: str, value: Any) -> tuple[int, int, int]:
-    try:
-        items = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        items = ()
-    if len(items) != 3 or any(v < 1 for v in items) or list(items) != list(value):
-        raise ConfigurationError(
-            f"{name} must be three integers >= 1 (one per cell vector); got {value!r}. "
-            f"Example: {name}: [2, 2, 2]"
-        )
-    return items  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -150,9 +143,9 @@ class PySCFPeriodicLabeler:
     verbose: int = 4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kpts", _three_positive_ints("kpts", self.kpts))
+        object.__setattr__(self, "kpts", three_positive_ints("kpts", self.kpts))
         if self.mesh is not None:
-            object.__setattr__(self, "mesh", _three_positive_ints("mesh", self.mesh))
+            object.__setattr__(self, "mesh", three_positive_ints("mesh", self.mesh))
         if self.ke_cutoff_Ha is not None and not self.ke_cutoff_Ha > 0:
             raise ConfigurationError(f"ke_cutoff_Ha must be > 0 Hartree; got {self.ke_cutoff_Ha}.")
         if not 0 < self.precision < 1:

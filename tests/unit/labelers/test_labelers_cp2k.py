@@ -13,7 +13,8 @@ import shutil
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk, molecule
+from ase.build import molecule
+from periodic_cells import rattled_silicon, strained
 
 from otfparsl.errors import ConfigurationError, SCFNotConverged
 from otfparsl.labelers import make_labeler
@@ -29,20 +30,7 @@ _FAST = {"cutoff_Ry": 200.0, "rel_cutoff_Ry": 40.0, "eps_scf": 1e-8, "num_thread
 
 
 def _silicon() -> Atoms:
-    atoms = bulk("Si", "diamond", a=5.5)
-    atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)
-    atoms.rattle(0.05, seed=1)
-    return atoms
-
-
-def _strained(atoms: Atoms, i: int, j: int, h: float) -> Atoms:
-    """``atoms`` under the symmetric strain e_ij = e_ji = h/2 (e_ii = h), atoms moved with the cell."""
-    eps = np.zeros((3, 3))
-    eps[i, j] += h / 2
-    eps[j, i] += h / 2
-    out = atoms.copy()
-    out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps).T, scale_atoms=True)
-    return out
+    return rattled_silicon(a=5.5)
 
 
 def _scf_steps(path) -> int:
@@ -72,8 +60,8 @@ def test_stress_and_forces_are_derivatives_of_the_energy(tmp_path):
         return labeler.label(moved, tmp_path / name).get_potential_energy()
 
     for i, j in [(0, 0), (1, 2)]:  # ASE sign: sigma_ij = (1/V) dE/de_ij
-        plus = energy(_strained(atoms, i, j, h), f"s{i}{j}p")
-        minus = energy(_strained(atoms, i, j, -h), f"s{i}{j}m")
+        plus = energy(strained(atoms, i, j, h), f"s{i}{j}p")
+        minus = energy(strained(atoms, i, j, -h), f"s{i}{j}m")
         assert stress[i, j] == pytest.approx((plus - minus) / (2 * h) / volume, abs=2e-4)
     moved = [atoms.copy(), atoms.copy()]
     moved[0].positions[1, 2] += h

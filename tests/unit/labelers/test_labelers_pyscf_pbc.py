@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
+from periodic_cells import rattled_silicon, strained
 
 from otfparsl.errors import ConfigurationError, SCFNotConverged
 from otfparsl.labelers import make_labeler
@@ -27,20 +28,7 @@ _FAST = {
 
 
 def _silicon() -> Atoms:
-    atoms = bulk("Si", "diamond", a=5.6)
-    atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)
-    atoms.rattle(0.05, seed=1)
-    return atoms
-
-
-def _strained(atoms: Atoms, i: int, j: int, h: float) -> Atoms:
-    """``atoms`` under the symmetric strain e_ij = e_ji = h/2 (e_ii = h), atoms moved with the cell."""
-    eps = np.zeros((3, 3))
-    eps[i, j] += h / 2
-    eps[j, i] += h / 2
-    out = atoms.copy()
-    out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps).T, scale_atoms=True)
-    return out
+    return rattled_silicon(a=5.6)
 
 
 @pytest.mark.dft
@@ -61,8 +49,8 @@ def test_stress_and_forces_are_derivatives_of_the_energy(tmp_path):
 
     for i, j in [(0, 0), (1, 2)]:  # ASE sign: sigma_ij = (1/V) dE/de_ij
         plus, minus = (
-            energy(_strained(atoms, i, j, h), f"s{i}{j}p"),
-            energy(_strained(atoms, i, j, -h), f"s{i}{j}m"),
+            energy(strained(atoms, i, j, h), f"s{i}{j}p"),
+            energy(strained(atoms, i, j, -h), f"s{i}{j}m"),
         )
         assert stress[i, j] == pytest.approx((plus - minus) / (2 * h) / volume, abs=2e-6)
     for atom, axis in [(1, 2)]:
