@@ -26,6 +26,7 @@ _PUBLIC = {
     "open_site": "otfparsl.workflow.site",
     "ThreadSubmitter": "otfparsl.workflow.submit",
     "ProcessSubmitter": "otfparsl.workflow.submit",
+    "local_submitter": "otfparsl.workflow.submit",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

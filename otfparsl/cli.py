@@ -284,19 +284,20 @@ def _saved_settings(run_dir: Path):
 
 @contextlib.contextmanager
 def _submitter(site: Path | None, options: list[str], run_dir: Path, command: str):
-    """Thread pools or the Parsl site, inside the run directory's lock.
+    """Chain worker processes and thread pools (:func:`local_submitter`) or the Parsl site,
+    inside the run directory's lock.
 
     The lock is taken before a site starts (it writes runinfo/ and may submit jobs), so a second
     command on the same directory fails at once; the driver takes it again (re-entrant). A run
     directory that does not exist yet is locked by the driver once the run's checks pass.
     """
     from otfparsl.run.lock import run_lock
-    from otfparsl.workflow.submit import ThreadSubmitter
+    from otfparsl.workflow.submit import local_submitter
 
     lock = run_lock(run_dir, f"otfparsl {command} {run_dir}") if run_dir.is_dir() else contextlib.nullcontext()
     with lock:
         if site is None:
-            with ThreadSubmitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
+            with local_submitter(chain_workers=min(8, os.cpu_count() or 1)) as submitter:
                 yield submitter
             return
         from otfparsl.workflow.site import open_site

@@ -117,7 +117,8 @@ def run(
     settings
         The validated run settings.
     submitter
-        Where `dft` and `chains` work runs; default: thread pools in this process.
+        Where `dft` and `chains` work runs; default: thread pools in this process (the CLI
+        uses :func:`~otfparsl.workflow.submit.local_submitter`: chain worker processes).
     run_dir
         Run directory; default ``settings.run_dir`` or ``runs/NAME``.
     restart_from_scratch

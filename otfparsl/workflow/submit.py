@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -118,8 +120,8 @@ class ProcessSubmitter:
         self._torch_threads = torch_threads
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // self._chain_workers))
         self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()  # submissions may come from several threads
         self._pools: dict[str, Any] = {
-            "chains": self._chain_pool(),
             "dft": ThreadPoolExecutor(dft_workers, thread_name_prefix="otf-dft"),
             "local": ThreadPoolExecutor(1, thread_name_prefix="otf-local"),
         }
@@ -127,9 +129,9 @@ class ProcessSubmitter:
     def _chain_pool(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(
             self._chain_workers, mp_context=self._context,
-            initializer=_init_chain_worker, initargs=(self._torch_threads,),
+            initializer=_init_chain_worker, initargs=(self._torch_threads, os.getpid()),
         )  # fmt: skip
-        for _ in range(self._chain_workers):  # start the workers (imports) while the run begins
+        for _ in range(self._chain_workers):  # start every worker (imports) at once
             pool.submit(os.getpid)
         return pool
 
@@ -139,24 +141,41 @@ class ProcessSubmitter:
         A chain worker that died (killed, out of memory) breaks its pool: the updates it held
         fail with ``BrokenProcessPool`` and the next submission starts a fresh pool.
         """
-        try:
+        if role != "chains":
             return self._pools[role].submit(fn, *args)
-        except BrokenProcessPool:
-            log.warning("a chain worker process died; starting a fresh pool of %d workers",
-                        self._chain_workers)  # fmt: skip
-            self._pools["chains"] = self._chain_pool()
-            return self._pools[role].submit(fn, *args)
+        with self._lock:
+            if "chains" not in self._pools:  # a run that updates no chain (refused, an audit)
+                self._pools["chains"] = self._chain_pool()  # starts no worker
+            try:
+                return self._pools["chains"].submit(fn, *args)
+            except BrokenProcessPool:
+                log.warning("a chain worker process died; starting a fresh pool of %d workers",
+                            self._chain_workers)  # fmt: skip
+                self._pools["chains"] = self._chain_pool()
+                return self._pools["chains"].submit(fn, *args)
 
-    def close(self) -> None:
-        """Wait for running work and stop the pools and worker processes."""
-        for pool in self._pools.values():
-            pool.shutdown(wait=True)
+    def close(self, interrupted: bool = False) -> None:
+        """Wait for running work and stop the pools and worker processes.
+
+        ``interrupted`` (Ctrl-C, an error): drop the queued chain updates and terminate the
+        workers at once instead of waiting for their running updates (minutes each): the run's
+        checkpoint never counts an update that did not finish, so a resume redoes it.
+        """
+        chains = self._pools.pop("chains", None)
+        if chains is not None and interrupted:
+            # ProcessPoolExecutor has no public terminate before Python 3.14 (terminate_workers)
+            for process in list((getattr(chains, "_processes", None) or {}).values()):
+                process.terminate()
+        if chains is not None:  # after a terminate, this fails the updates it held at once
+            chains.shutdown(wait=True, cancel_futures=interrupted)
+        for pool in self._pools.values():  # a running DFT call ends with its program
+            pool.shutdown(wait=True, cancel_futures=interrupted)
 
     def __enter__(self) -> ProcessSubmitter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(interrupted=exc_type is not None)
 
 
 def local_submitter(chain_workers: int | None = None, dft_workers: int = 1) -> ProcessSubmitter:
@@ -168,16 +187,30 @@ def local_submitter(chain_workers: int | None = None, dft_workers: int = 1) -> P
     return ProcessSubmitter(chain_workers=chain_workers, dft_workers=dft_workers, torch_threads=1)
 
 
-def _init_chain_worker(torch_threads: int) -> None:
-    """Give a chain worker process its torch threads and a stderr log handler for warnings."""
+def _init_chain_worker(torch_threads: int, parent_pid: int) -> None:
+    """Set up a chain worker process: torch threads, a log handler, signals, a parent watch.
+
+    Ctrl-C in a terminal reaches the whole process group: the workers ignore it and the run
+    (the parent) decides, stopping them through :meth:`ProcessSubmitter.close`. A worker whose
+    parent died without stopping it (kill -9, out of memory) exits within a second instead of
+    lingering, as the spawn workers of ``concurrent.futures`` otherwise do.
+    """
     import torch
 
     import otfparsl.training  # noqa: F401 - the heavy imports, once per worker
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     os.environ["OTFPARSL_TORCH_THREADS"] = str(torch_threads)
     torch.set_num_threads(torch_threads)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="chain worker %(process)d: %(message)s")
+
+
+def _exit_with_parent(parent_pid: int, period_s: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(period_s)
+    os._exit(1)
 
 
 def gather(futures: Sequence[Future]) -> Future:

@@ -40,18 +40,33 @@ def interrupted(tmp_path_factory, cu_foundation_model):
     proc = subprocess.Popen(
         [sys.executable, "-m", "otfparsl.cli", "run", str(write_run_yaml(folder, cu_foundation_model)), "--run-dir", str(run_dir)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while _n_steps(run_dir) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the run and its chain worker processes
     output, _ = proc.communicate(timeout=300)
-    return run_dir, proc.returncode, output
+    return run_dir, proc.returncode, output, _group_alive(proc.pid)
+
+
+def _group_alive(group: int) -> list[int]:
+    """Processes of process group ``group`` still running (zombies not counted)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
 
 
 def test_an_interrupted_run_writes_its_report(interrupted):
-    run_dir, returncode, output = interrupted
+    run_dir, returncode, output, left = interrupted
     assert returncode != 0, output  # stopped by Ctrl-C (click: "Aborted!"), not finished
+    assert not left, f"processes {left} of the interrupted run still run"
     assert "report written" in output, output
     page = (run_dir / "report" / "index.html").read_text()
     assert "not finished: interrupted, failed or still running" in page
@@ -59,7 +74,7 @@ def test_an_interrupted_run_writes_its_report(interrupted):
 
 
 def test_resume_finishes_the_run_and_rewrites_the_report(interrupted):
-    run_dir, _, _ = interrupted
+    run_dir, *_ = interrupted
     result = CliRunner().invoke(app, ["resume", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "report written" in result.output
@@ -74,7 +89,7 @@ def test_a_failing_report_never_masks_the_runs_outcome(interrupted, monkeypatch)
     import otfparsl.workflow.driver
     from otfparsl.errors import TooManyLabelFailures
 
-    run_dir, _, _ = interrupted
+    run_dir, *_ = interrupted
 
     def broken(*args, **kwargs):
         raise RuntimeError("the report broke")

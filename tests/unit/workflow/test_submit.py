@@ -1,9 +1,14 @@
-"""Local submitters: chain updates in worker processes equal those in threads, bit for bit."""
+"""Local submitters: chain updates in worker processes equal those in threads, bit for bit;
+the worker processes stop with the run (Ctrl-C, errors, the run killed)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
@@ -102,3 +107,57 @@ def test_a_dead_chain_worker_fails_its_task_and_the_pool_restarts():
             assert submitter.submit("local", os.getpid).result() == os.getpid()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_an_interrupted_close_stops_a_running_update_at_once():
+    """Ctrl-C or an error: close(interrupted=True) terminates the workers, no waiting."""
+    threads = torch.get_num_threads()
+    try:
+        submitter = local_submitter(chain_workers=1)
+        assert submitter.submit("chains", os.getpid).result(timeout=120) != os.getpid()
+        endless = submitter.submit("chains", time.sleep, 3600)
+        queued = submitter.submit("chains", time.sleep, 3600)
+        while not endless.running():
+            time.sleep(0.05)
+        submitter.close(interrupted=True)
+        assert endless.done() and queued.done()
+        for future in (endless, queued):  # their worker was terminated, not waited for
+            assert future.cancelled() or isinstance(future.exception(), BrokenProcessPool)
+    finally:
+        torch.set_num_threads(threads)
+
+
+_ORPHANING_RUN = """
+import os, signal, sys, time
+from otfparsl.workflow.submit import local_submitter
+
+submitter = local_submitter(chain_workers=1)
+worker = submitter.submit("chains", os.getpid).result(timeout=120)
+print(worker, flush=True)
+os.kill(worker, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole process group
+time.sleep(1)
+assert submitter.submit("chains", os.getpid).result(timeout=60) == worker, "SIGINT killed it"
+submitter.submit("chains", time.sleep, 3600)
+time.sleep(1)
+os.kill(os.getpid(), signal.SIGKILL)  # the run dies without stopping its workers
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited orphan that no one reaped yet is a zombie: not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see the orphaned worker")
+def test_a_chain_worker_ignores_sigint_and_exits_when_its_run_is_killed(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _ORPHANING_RUN], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    worker = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker), "the orphaned chain worker still runs its 1-hour task"
