@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
@@ -216,7 +216,8 @@ def _exit_with_parent(parent_pid: int, period_s: float = 0.5) -> None:
 def gather(futures: Sequence[Future]) -> Future:
     """Return a Future of the list of results, done when every future is done.
 
-    The first exception of any future becomes the exception of the combined future.
+    The first exception of any future becomes the exception of the combined future; a cancelled
+    future (queued work dropped by an interrupted close) counts as a ``CancelledError``.
     """
     combined: Future = Future()
     remaining = [len(futures)]
@@ -227,7 +228,8 @@ def gather(futures: Sequence[Future]) -> Future:
             remaining[0] -= 1
             last = remaining[0] == 0
         if last:
-            errors = [f.exception() for f in futures if f.exception() is not None]
+            errors = [CancelledError() if f.cancelled() else f.exception() for f in futures]
+            errors = [e for e in errors if e is not None]
             if errors:
                 combined.set_exception(errors[0])
             else:

@@ -161,3 +161,15 @@ def test_a_chain_worker_ignores_sigint_and_exits_when_its_run_is_killed(tmp_path
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(worker), "the orphaned chain worker still runs its 1-hour task"
+
+
+def test_gather_fails_with_cancelled_error_when_a_future_was_cancelled():
+    """An interrupted close cancels queued updates: gather reports it, no callback error."""
+    from concurrent.futures import CancelledError, Future
+
+    done, dropped = Future(), Future()
+    combined = gather([done, dropped])
+    assert dropped.cancel()
+    done.set_result(1)
+    assert isinstance(combined.exception(timeout=1), CancelledError)
+    assert gather([done]).result(timeout=1) == [1]
