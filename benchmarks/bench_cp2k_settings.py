@@ -12,7 +12,8 @@ A variant whose SCF does not converge is reported as such. Usage::
 
 Needs CP2K (``apt-get install cp2k``); minutes per variant (the LaMnO3 cell: 3-14 min on 2
 cores). To test an SCF on a structure away from the start (where a setting may diverge), give
-``--structure`` a frame of a run, e.g. ``runs/lamno3_small/labels.extxyz@1``.
+``--structure`` a frame of a run, e.g. ``runs/lamno3_small/labels.extxyz@1``, and
+``--max-scf`` to bound a diverging SCF.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ VARIANTS: dict[str, dict] = {
     "ot-1e-5": {"eps_scf": 1e-5, "smearing_K": None},
     "smear500-1e-5": {"eps_scf": 1e-5, "smearing_K": 500},
     "smear500-250Ry-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "cutoff_Ry": 250},
+    "smear500-broyden0.05-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "mixing_alpha": 0.05},
+    "smear500-pulay0.1-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "mixing": "pulay", "mixing_alpha": 0.1},
 }
 
 
@@ -74,10 +77,13 @@ def main() -> None:
     parser.add_argument("--structure", default=None, help="FILE[@INDEX]; default: the YAML's")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--workdir", default=None, help="keep the CP2K directories here")
+    parser.add_argument("--max-scf", type=int, default=None, help="SCF step limit (default: YAML's)")
     args = parser.parse_args()
     settings = RunSettings.from_yaml(args.yaml).resolve_paths(Path(args.yaml).parent)
     atoms = _read(args.structure) if args.structure else ase.io.read(settings.structure)
     base = dict(settings.labeler.options)
+    if args.max_scf:
+        base["max_scf"] = args.max_scf
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cp2k_"))
     print(f"{len(atoms)} atoms ({atoms.get_chemical_formula()}); CP2K directories in {root}")
     print("| variant | wall s | SCF steps | energy - ref eV | max force diff eV/Å | max stress diff GPa |")

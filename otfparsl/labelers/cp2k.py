@@ -60,6 +60,8 @@ DEBIAN_DATA_DIR = "/usr/share/cp2k"
 #: The basis for elements without an entry in ``basis`` (CP2K's MOLOPT family, short range).
 DEFAULT_BASIS = "DZVP-MOLOPT-SR-GTH"
 _GUESSES = ("previous", "atomic")
+#: Density mixing of the diagonalisation path: CP2K method and its history keyword.
+_MIXING = {"broyden": ("BROYDEN_MIXING", "NBROYDEN"), "pulay": ("PULAY_MIXING", "NPULAY")}
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class CP2KLabeler:
         diagonalisation with Broyden mixing (CP2K has no OT with k-points or smearing).
     added_mos
         Empty orbitals per spin with smearing.
+    mixing, mixing_alpha, mixing_vectors
+        Density mixing of the diagonalisation path: ``"broyden"`` or ``"pulay"``, the fraction
+        of the new density mixed in per step, and the history length. Broyden with alpha 0.2
+        (the default) diverged on the spin-polarised +U LaMnO3 cell (workflows/lamno3/README.md);
+        a smaller alpha is the usual remedy.
     eps_scf, max_scf, max_outer_scf
         SCF convergence (Hartree) and the inner/outer iteration limits.
     scf_guess
@@ -131,6 +138,9 @@ class CP2KLabeler:
     plus_u: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     smearing_K: float | None = None
     added_mos: int = 20
+    mixing: str = "broyden"
+    mixing_alpha: float = 0.2
+    mixing_vectors: int = 8
     eps_scf: float = 1e-6
     max_scf: int = 50
     max_outer_scf: int = 10
@@ -163,9 +173,15 @@ class CP2KLabeler:
             raise ConfigurationError(
                 f"smearing_K must be > 0 K or null (OT); got {self.smearing_K}"
             )
-        if min(self.max_scf, self.max_outer_scf, self.num_threads, self.added_mos) < 1:
+        if min(self.max_scf, self.max_outer_scf, self.num_threads, self.added_mos, self.mixing_vectors) < 1:
             raise ConfigurationError(
-                "max_scf, max_outer_scf, num_threads and added_mos must be >= 1"
+                "max_scf, max_outer_scf, num_threads, added_mos and mixing_vectors must be >= 1"
+            )
+        if self.mixing not in _MIXING:
+            raise ConfigurationError(f"mixing must be one of {sorted(_MIXING)}; got {self.mixing!r}")
+        if not 0 < self.mixing_alpha <= 1:
+            raise ConfigurationError(
+                f"mixing_alpha must be in (0, 1]; got {self.mixing_alpha} (0.05-0.2 is usual)"
             )
         if not self.eps_scf > 0:
             raise ConfigurationError(f"eps_scf must be > 0 Hartree; got {self.eps_scf}")
@@ -293,13 +309,14 @@ class CP2KLabeler:
                 f"  EPS_SCF {self.eps_scf:.3E}",
                 "&END OUTER_SCF",
             ]
-        else:  # CP2K has no OT with k-points or smearing: diagonalisation with Broyden mixing
+        else:  # CP2K has no OT with k-points or smearing: diagonalisation with density mixing
             scf += ["&DIAGONALIZATION ON", "  ALGORITHM STANDARD", "&END DIAGONALIZATION"]
+            method, history = _MIXING[self.mixing]
             scf += [
                 "&MIXING",
-                "  METHOD BROYDEN_MIXING",
-                "  ALPHA 0.2",
-                "  NBROYDEN 8",
+                f"  METHOD {method}",
+                f"  ALPHA {self.mixing_alpha}",
+                f"  {history} {self.mixing_vectors}",
                 "&END MIXING",
             ]
         if self.smearing_K is not None:
@@ -440,10 +457,15 @@ class CP2KLabeler:
             raise SCFNotConverged(self._scf_message(out), output=text)
 
     def _scf_message(self, out: Path) -> str:
+        if self.uses_ot:
+            limit = f"max_scf={self.max_scf} x max_outer_scf={self.max_outer_scf} OT steps"
+            fix = "Raise max_scf, use smearing_K for a metal"
+        else:
+            limit = f"max_scf={self.max_scf} diagonalisation steps ({self.mixing} mixing, alpha {self.mixing_alpha})"
+            fix = "Raise max_scf, lower mixing_alpha or try mixing: pulay"
         return (
-            f"CP2K's SCF did not converge to eps_scf={self.eps_scf:g} within max_scf={self.max_scf} x "
-            f"max_outer_scf={self.max_outer_scf} ({out}). Raise max_scf, use smearing_K for a metal, "
-            "or check the structure and spin state (multiplicity, magnetization)."
+            f"CP2K's SCF did not converge to eps_scf={self.eps_scf:g} within {limit} ({out}). "
+            f"{fix}, or check the structure and spin state (multiplicity, magnetization)."
         )
 
 

@@ -9,6 +9,7 @@ hand (``workflows/lamno3/README.md``).
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_previous_wavefunction_guess_saves_scf_steps_and_agrees_with_atomic(tmp_
 @needs_cp2k
 def test_scf_not_converged_is_raised_with_the_output(tmp_path):
     labeler = CP2KLabeler(**_FAST, max_scf=2, max_outer_scf=1, scf_guess="atomic")
-    with pytest.raises(SCFNotConverged, match="did not converge") as info:
+    with pytest.raises(SCFNotConverged, match="did not converge.*x max_outer_scf=1 OT steps") as info:
         labeler.label(molecule("H2O", cell=(6.0, 6.0, 6.0), pbc=True), tmp_path / "w")
     assert "SCF run NOT converged" in info.value.output
 
@@ -131,6 +132,10 @@ def test_options_are_validated_with_the_fix():
         make_labeler("cp2k", uks=True, kpts=[2, 2, 2], plus_u={"Mn": {"l": 2, "u_eV": 3.9}})
     with pytest.raises(ConfigurationError, match="scf_guess must be one of"):
         make_labeler("cp2k", scf_guess="restart")
+    with pytest.raises(ConfigurationError, match="mixing must be one of"):
+        make_labeler("cp2k", mixing="kerker")
+    with pytest.raises(ConfigurationError, match=r"mixing_alpha must be in \(0, 1\]"):
+        make_labeler("cp2k", mixing_alpha=0)
     with pytest.raises(ConfigurationError, match="Did you mean 'cutoff_Ry'"):
         make_labeler("cp2k", cutoff_ry=400)
 
@@ -152,6 +157,11 @@ def test_input_holds_each_elements_basis_pseudo_spin_and_u():
     with_k = CP2KLabeler(kpts=(2, 2, 2)).input_template(["Si"], guess="guess.wfn")
     assert "&OT" not in with_k and "DIAGONALIZATION" in with_k and "MONKHORST-PACK 2 2 2" in with_k
     assert "WFN_RESTART_FILE_NAME guess.wfn" in with_k and "SCF_GUESS RESTART" in with_k
+    assert "METHOD BROYDEN_MIXING" in with_k and "ALPHA 0.2" in with_k and "NBROYDEN 8" in with_k
+    pulay = CP2KLabeler(smearing_K=500, mixing="pulay", mixing_alpha=0.05, mixing_vectors=6)
+    assert "(pulay mixing, alpha 0.05)" in pulay._scf_message(Path("cp2k.out"))
+    mixing = pulay.input_template(["Si"], guess=None)
+    assert "METHOD PULAY_MIXING" in mixing and "ALPHA 0.05" in mixing and "NPULAY 6" in mixing
 
 
 def test_environment_check_names_what_is_missing(tmp_path):
