@@ -195,11 +195,11 @@ def _init_chain_worker(torch_threads: int, parent_pid: int) -> None:
     parent died without stopping it (kill -9, out of memory) exits within a second instead of
     lingering, as the spawn workers of ``concurrent.futures`` otherwise do.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: the imports below take seconds
     import torch
 
     import otfparsl.training  # noqa: F401 - the heavy imports, once per worker
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     os.environ["OTFPARSL_TORCH_THREADS"] = str(torch_threads)
     torch.set_num_threads(torch_threads)
