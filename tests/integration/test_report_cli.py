@@ -1,7 +1,7 @@
 """``otfparsl run`` / ``otfparsl resume`` write the run's report however they end.
 
-A tiny run (tests/integration/tiny_runs.py) is interrupted with SIGINT (Ctrl-C) in its own
-process: the report is written and says the run did not finish; ``otfparsl resume`` finishes it
+A tiny run (tests/integration/tiny_runs.py) is interrupted with SIGINT (Ctrl-C, to its whole
+process group) during a DFT label: the report is written and says the run did not finish; ``otfparsl resume`` finishes it
 and rewrites the report. A failing report never masks the run's own outcome.
 """
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny_runs import write_run_yaml
+from tiny_runs import HOLD_ENV, write_run_yaml
 from typer.testing import CliRunner
 
 from otfparsl.cli import app
@@ -26,40 +26,43 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
-def _n_steps(run_dir: Path) -> int:
-    events = run_dir / "events.jsonl"
-    return events.read_text().count('"event": "step"') if events.is_file() else 0
-
-
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, cu_foundation_model):
-    """A run stopped by SIGINT after its third MD step (labels come at steps 0, 10 and 11)."""
+    """A run stopped by SIGINT (Ctrl-C) during its second DFT label (MD step 10; the first
+    update, the checkpoint of step 7 and the chain workers exist by then)."""
     folder = tmp_path_factory.mktemp("interrupted")
-    run_dir = folder / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run_dir, holding = folder / "run", folder / "holding"
+    path = os.pathsep.join([str(HERE.parents[1]), str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, HOLD_ENV: str(holding)}
+    yaml_path = write_run_yaml(folder, cu_foundation_model, dft="tiny_runs:HeldEMT")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otfparsl.cli", "run", str(write_run_yaml(folder, cu_foundation_model)), "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "otfparsl.cli", "run", str(yaml_path), "--run-dir", str(run_dir)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own process group, as a shell gives a command
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while _n_steps(run_dir) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not holding.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert holding.is_file(), "the run never reached its second DFT label"
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the run and its chain worker processes
     output, _ = proc.communicate(timeout=300)
+    deadline = time.monotonic() + 30  # multiprocessing's resource tracker exits just after the run
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
     return run_dir, proc.returncode, output, _group_alive(proc.pid)
 
 
-def _group_alive(group: int) -> list[int]:
-    """Processes of process group ``group`` still running (zombies not counted)."""
+def _group_alive(group: int) -> list[str]:
+    """Processes of process group ``group`` still running (zombies not counted): their command lines."""
     alive = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if int(fields[2]) == group and fields[0] != "Z":
+                command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                alive.append(command.decode(errors="replace")[:200])
+        except OSError:  # it ended meanwhile
             continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
     return alive
 
 
