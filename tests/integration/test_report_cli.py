@@ -26,6 +26,15 @@ HERE = Path(__file__).parent
 pytestmark = pytest.mark.slow
 
 
+#: Start a command with SIGINT at its default and unblocked, as a shell starts it: a child
+#: inherits an ignored or blocked SIGINT, and in the full test session the pytest process may
+#: have one (a CI run of the whole suite saw the run ignore the signal; alone it never did).
+_WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, cu_foundation_model):
     """A run stopped by SIGINT (Ctrl-C) during its second DFT label (MD step 10; the first
@@ -35,8 +44,9 @@ def interrupted(tmp_path_factory, cu_foundation_model):
     path = os.pathsep.join([str(HERE.parents[1]), str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path, HOLD_ENV: str(holding)}
     yaml_path = write_run_yaml(folder, cu_foundation_model, dft="tiny_runs:HeldEMT")
+    command = [sys.executable, "-m", "otfparsl.cli", "run", str(yaml_path), "--run-dir", str(run_dir)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "otfparsl.cli", "run", str(yaml_path), "--run-dir", str(run_dir)],
+        [sys.executable, "-c", _WITH_CTRL_C, *command],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own process group, as a shell gives a command
     )  # fmt: skip
