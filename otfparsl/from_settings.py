@@ -45,6 +45,7 @@ def sampler_config(bayes: BayesSettings, defaults: FamilyDefaults) -> SGHMCConfi
         noise_ramp_steps=bayes.noise_ramp_steps,
         priority=bayes.priority,
         sampler=bayes.sampler,
+        gradients=bayes.gradients,
     )
 
 

@@ -14,6 +14,13 @@ from typing import Any
 import torch
 
 from otfparsl.bayes.flat import FlatSGHMC
+from otfparsl.bayes.functional import (
+    CHECK_TOLERANCE,
+    CompiledGradient,
+    choose_gradients,
+    disable_compiled,
+    gradient_mismatch,
+)
 from otfparsl.bayes.likelihood import log_likelihood
 from otfparsl.bayes.model import BayesianModel
 from otfparsl.bayes.prior import TransferPrior
@@ -25,7 +32,7 @@ from otfparsl.bayes.sghmc import (
     sample_minibatch,
 )
 from otfparsl.bayes.types import Batch
-from otfparsl.errors import ConfigurationError, SamplerDiverged
+from otfparsl.errors import ConfigurationError, OtfparslError, SamplerDiverged
 from otfparsl.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -82,7 +89,15 @@ class Chain:
         Sampler settings (one update = one cosine cycle of ``config.n_steps`` steps).
     seed
         Seed of the chain's two random streams (minibatch draws, injected noise).
+
+    Attributes
+    ----------
+    compile_backend
+        ``torch.compile`` backend of compiled gradients (``SGHMCConfig.gradients``):
+        ``"inductor"``; tests set ``"eager"`` (traced, not code-generated).
     """
+
+    compile_backend: str = "inductor"
 
     def __init__(
         self, model: BayesianModel, prior: TransferPrior, config: SGHMCConfig, seed: int
@@ -213,12 +228,27 @@ class Chain:
         flat = isinstance(sampler, FlatSGHMC)  # adds the prior gradient itself
         losses = torch.empty(cfg.n_steps, dtype=torch.float64, device=self.device)
         full_batch = collate(list(dataset)) if n_data <= cfg.batch_size else None
+        likelihood = (energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress)
+        compiled = self._compiled_gradient(*likelihood)
         for i in range(cfg.n_steps):
+            gamma, tau = cosine_step_size(i, cfg.n_steps, gamma0), noise_temperature(i, cfg)
+            if compiled is not None:
+                draw = self._minibatch(dataset, collate, full_batch)
+                step = self._compiled_step(compiled, sampler.theta, draw, n_data, likelihood,
+                                           checked=i > 0)
+                if step is not None:
+                    losses[i] = sampler.step_with_gradient(step[1], step[0], gamma, tau, n_data)
+                else:  # switched off in this step: autograd on the same minibatch
+                    compiled = None
+                    loss = minibatch_objective(self.model, None, *draw, n_data, *likelihood)
+                    losses[i] = sampler.step(loss, gamma, tau, n_data)
+                if callback is not None:
+                    callback(i)
+                continue
             loss = self._loss(
                 dataset, collate, full_batch, energy_sigma_eV, stress_sigma_eV_per_A3,
                 compute_stress, None if flat else self.prior,
             )
-            gamma, tau = cosine_step_size(i, cfg.n_steps, gamma0), noise_temperature(i, cfg)
             if flat:
                 losses[i] = sampler.step(loss, gamma, tau, n_data)
             else:
@@ -236,6 +266,67 @@ class Chain:
             raise _Diverged("non-finite weights")
         self._check_final_sample(dataset[-1], collate, n_data, energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress)
         return losses.tolist()
+
+    def _compiled_gradient(
+        self, energy_sigma_eV: float, stress_sigma_eV_per_A3: float, compute_stress: bool
+    ) -> CompiledGradient | None:
+        """Return this update's compiled gradient, or None for autograd (the choice is logged)."""
+        cfg = self.config
+        mode, why = choose_gradients(cfg.gradients, self.model, cfg.sampler, cfg.n_steps)
+        logger.info("chain (seed %d) update %d gradients: %s (%s)", self.seed,
+                    self.n_updates + 1, mode, why)
+        if mode != "compiled":
+            return None
+        try:
+            return CompiledGradient(
+                self.model, self._names, [p.shape for p in self._params], energy_sigma_eV,
+                stress_sigma_eV_per_A3, compute_stress, backend=self.compile_backend,
+            )  # fmt: skip
+        except OtfparslError as exc:  # e.g. a MACE model that keeps TorchScript modules
+            disable_compiled(str(exc))
+            return None
+
+    def _compiled_step(
+        self,
+        compiled: CompiledGradient,
+        theta: torch.Tensor,
+        draw: tuple[Batch, torch.Tensor, int],
+        n_data: int,
+        likelihood: tuple[float, float, bool],
+        checked: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Return ``(data_loss, ĝ_data)`` of the compiled gradient, or None when it is switched off.
+
+        Unless ``checked``, ĝ is compared with the autograd gradient of the same minibatch; a
+        relative difference above :data:`~otfparsl.bayes.functional.CHECK_TOLERANCE`, or an error
+        while compiling, switches compiled gradients off in this process.
+        """
+        batch, weights, n_draws = draw
+        try:
+            loss, grad = compiled(theta, batch, weights / n_draws)
+        except OtfparslError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (torch.compile fails in many ways; autograd stays)
+            disable_compiled(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return None
+        if checked:
+            return loss, grad
+        reference = minibatch_objective(self.model, None, *draw, n_data, *likelihood)
+        grads = torch.autograd.grad(
+            reference, self._params, allow_unused=True, materialize_grads=True
+        )
+        self.model.zero_grad(set_to_none=True)
+        mismatch = gradient_mismatch(grad, torch.cat([g.reshape(-1) for g in grads]))
+        tolerance = CHECK_TOLERANCE.get(grad.dtype, 1e-3)
+        if not mismatch <= tolerance:
+            disable_compiled(
+                f"the compiled gradient differs from autograd's by {mismatch:.2e} (relative, "
+                f"tolerance {tolerance:.0e})"
+            )
+            return None
+        logger.info("chain (seed %d): compiled gradient checked against autograd, relative "
+                    "difference %.2e", self.seed, mismatch)
+        return loss, grad
 
     def _sampler(self) -> FlatSGHMC | AMSGradSGHMC:
         """Return a fresh sampler of ``config.sampler`` over the chain's parameters."""
@@ -259,6 +350,23 @@ class Chain:
         if not bool(torch.isfinite(loss.detach())):
             raise _Diverged("non-finite predictions of the final sample")
 
+    def _minibatch(
+        self,
+        dataset: Sequence[Any],
+        collate: Callable[[Sequence[Any]], Batch],
+        full_batch: Batch | None,
+    ) -> tuple[Batch, torch.Tensor, int]:
+        """Draw a minibatch: its distinct structures, their summed weights ``(S,)`` and B."""
+        cfg = self.config
+        n_data = len(dataset)
+        idx, w = sample_minibatch(n_data, cfg.batch_size, self._data_rng, cfg.priority)
+        unique, inverse = torch.unique(idx, return_inverse=True)
+        weights = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, w)
+        batch = full_batch if full_batch is not None else collate(
+            [dataset[k] for k in unique.tolist()]
+        )
+        return batch, weights, len(idx)
+
     def _loss(
         self,
         dataset: Sequence[Any],
@@ -270,18 +378,10 @@ class Chain:
         prior: TransferPrior | None,
     ) -> torch.Tensor:
         """Draw a minibatch and return its objective (see :func:`minibatch_objective`)."""
-        cfg = self.config
-        n_data = len(dataset)
-        idx, w = sample_minibatch(n_data, cfg.batch_size, self._data_rng, cfg.priority)
-        unique, inverse = torch.unique(idx, return_inverse=True)
-        weights = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, w)
-        batch = full_batch if full_batch is not None else collate(
-            [dataset[k] for k in unique.tolist()]
-        )
         return minibatch_objective(
-            self.model, prior, batch, weights, len(idx), n_data,
+            self.model, prior, *self._minibatch(dataset, collate, full_batch), len(dataset),
             energy_sigma_eV, stress_sigma_eV_per_A3, compute_stress,
-        )
+        )  # fmt: skip
 
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
         """Write the chain (weights, prior mean, config, RNG states, counters) atomically.

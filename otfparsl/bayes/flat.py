@@ -151,12 +151,24 @@ class FlatSGHMC:
         )
         with torch.no_grad():
             g = torch.cat([x.reshape(-1) for x in grads])
+        return self.step_with_gradient(g, data_loss.detach(), step_size, temperature, n_data)
+
+    def step_with_gradient(
+        self, g: torch.Tensor, data_loss: torch.Tensor, step_size: float, temperature: float,
+        n_data: int,
+    ) -> torch.Tensor:
+        """:meth:`step` with the data term's flat gradient ``g`` already computed (compiled).
+
+        ``g`` (``(n_weights,)``, the order of the flat buffer) is changed in place; ``data_loss``
+        is the detached scalar data term. Returns what :meth:`step` returns.
+        """
+        with torch.no_grad():
             torch.sub(self.theta, self.theta0, out=self._diff)
             inv_var = 1.0 / (self.sigma_tl * self.sigma_tl)
             prior_term = (0.5 * inv_var * torch.dot(self._diff, self._diff) + self._log_norm) / n_data
             g.add_(self._diff, alpha=inv_var / n_data)
             self._update(g, step_size, temperature, n_data)
-        return data_loss.detach() + prior_term
+        return data_loss + prior_term
 
     def _update(self, g: torch.Tensor, step_size: float, temperature: float, n_data: int) -> None:
         """Apply the AMSGrad-SGHMC equations to the flat buffer with gradient ``g``."""

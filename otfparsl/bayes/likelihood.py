@@ -69,7 +69,10 @@ def log_likelihood(
     sigma_f = pred.force_sigma.unsqueeze(-1)
     ll_f_atom = _gaussian_logpdf(batch.forces.to(dtype), pred.forces, sigma_f).sum(dim=-1)
     ll = ll.index_add(0, batch.structure_index.to(device), ll_f_atom)
-    if batch.stress is not None and batch.stress_mask is not None and bool(batch.stress_mask.any()):
+    stress_labels = batch.stress is not None and batch.stress_mask is not None
+    if stress_labels and not torch.compiler.is_compiling():  # traced: no data-dependent branch
+        stress_labels = bool(batch.stress_mask.any())
+    if stress_labels:
         if pred.stress is None:
             raise ConfigurationError(
                 "the batch has stress labels but the prediction has no stress; call the model "

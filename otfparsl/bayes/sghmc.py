@@ -12,6 +12,8 @@ from otfparsl.errors import ConfigurationError
 
 PRIORITIES = ("unbiased", "original", "uniform")
 SAMPLERS = ("flat", "reference")
+#: How a chain step computes its gradient (see :class:`SGHMCConfig`).
+GRADIENT_MODES = ("autograd", "compiled", "auto")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class SGHMCConfig:
         autograd, one noise draw per parameter tensor; the numerics of chain files written
         before the flat sampler existed). Same equations: at τ = 0 the same trajectory to
         rounding; with noise, other random numbers of the same law.
+    gradients
+        How ĝ is computed: ``"autograd"`` (default here; a graph per step), ``"compiled"``
+        (one ``torch.compile``d ``torch.func`` function per process, checked against autograd at
+        the first step of every update, autograd where it is unavailable or fails;
+        :mod:`otfparsl.bayes.functional`) or ``"auto"`` (compiled for updates of at least
+        :data:`~otfparsl.bayes.functional.AUTO_MIN_STEPS` steps; the run settings' default).
+        Same trajectory to rounding.
     """
 
     n_steps: int = 2000
@@ -58,6 +67,7 @@ class SGHMCConfig:
     noise_ramp_steps: int = 100
     priority: str = "unbiased"
     sampler: str = "flat"
+    gradients: str = "autograd"
 
     def __post_init__(self) -> None:
         if self.priority not in PRIORITIES:
@@ -66,6 +76,10 @@ class SGHMCConfig:
             )
         if self.sampler not in SAMPLERS:
             raise ConfigurationError(f"sampler must be one of {SAMPLERS}; got {self.sampler!r}.")
+        if self.gradients not in GRADIENT_MODES:
+            raise ConfigurationError(
+                f"gradients must be one of {GRADIENT_MODES}; got {self.gradients!r}."
+            )
         min_batch = 1 if self.priority == "uniform" else 2
         checks = [
             ("n_steps", self.n_steps >= 1, "an integer >= 1"),

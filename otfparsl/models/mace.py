@@ -16,8 +16,9 @@ Sources (``ModelSpec.source``):
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,17 +183,96 @@ def _invariant_feature_index(model: torch.nn.Module) -> torch.Tensor:
     return torch.tensor(index, dtype=torch.long)
 
 
+@functools.lru_cache(maxsize=2)
+def traceable_mace(spec: ModelSpec) -> torch.nn.Module:
+    """Return the model of ``spec`` built for ``torch.compile`` (one per spec and process).
+
+    e3nn's code generation is off while it is built or unpickled, so no TorchScript module is
+    inside (TorchScript's graph executor silently corrupts nested ``torch.func`` gradients of
+    MACE, issue 10), and MACE's ``simplify`` traces the modules it registers for compilation.
+    Its own weights are never used: :meth:`MACECore.functional_forward` supplies the chain's.
+
+    Raises
+    ------
+    ModelError
+        If a TorchScript module is still inside (a model this path does not know).
+    """
+    from mace.tools.compile import disable_e3nn_codegen, simplify
+
+    dtype = torch_dtype(spec)
+    with disable_e3nn_codegen():
+        model = _load_mace_model(spec, dtype)
+    model = simplify(model).to(dtype=dtype, device=torch.device(spec.device))
+    scripted = [n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        raise ModelError(
+            f"the MACE model {spec.source!r} keeps TorchScript modules ({scripted[:3]}) with e3nn "
+            "code generation off; its chain gradients cannot be compiled (bayes.gradients: autograd)."
+        )
+    return model
+
+
 class MACECore(torch.nn.Module):
     """A MACE model as a core: ``forward(inputs, compute_stress, training) -> Prediction``.
 
     Its parameters are exactly the MACE parameters (all sampled); E0s and scale/shift are
-    buffers of the MACE model.
+    buffers of the MACE model. With ``traceable`` (a function returning the same model built
+    for ``torch.compile``) it also offers :meth:`functional_forward`, the pure function that the
+    compiled chain gradients (:mod:`otfparsl.bayes.functional`) differentiate.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(
+        self, model: torch.nn.Module, traceable: Callable[[], torch.nn.Module] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
+        self.traceable = traceable
         self.register_buffer("feature_index", _invariant_feature_index(model), persistent=False)
+
+    def functional_forward(self) -> Callable[..., Prediction]:
+        """Return :meth:`forward` as a pure function of the weights, forces by ``torch.func.grad``.
+
+        The function ``f(params, inputs, compute_stress) -> Prediction`` takes the core's
+        parameters by their names in ``self.named_parameters()`` (``model.*``) and uses no
+        ``torch.autograd.grad`` and no ``requires_grad_``, so ``torch.func`` can differentiate it
+        again and ``torch.compile`` can trace it; only traced calls are supported (outside a
+        compilation MACE marks the positions as requiring grad). Forces, stress and features
+        are those of :meth:`forward` with ``training=True``.
+        """
+        if self.traceable is None:
+            raise ModelError("this MACE core was built without a traceable model")
+        model = self.traceable()
+        feature_index = self.feature_index
+
+        def forward(params: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+                    compute_stress: bool) -> Prediction:
+            weights = {name.removeprefix("model."): p for name, p in params.items()}
+            positions = inputs["positions"]
+
+            def energy(pos: torch.Tensor, displacement: torch.Tensor | None):
+                data = {**inputs, "positions": pos}
+                if displacement is not None:
+                    data["displacement"] = displacement
+                out = torch.func.functional_call(
+                    model, weights, (data,),
+                    {"training": True, "compute_force": False,
+                     "compute_displacement": displacement is not None},
+                )  # fmt: skip
+                return out["energy"].sum(), (out["energy"], out["node_feats"])
+
+            stress = None
+            if compute_stress:
+                zero = positions.new_zeros((inputs["ptr"].shape[0] - 1, 3, 3))
+                (d_pos, d_strain), (total, feats) = torch.func.grad(
+                    energy, argnums=(0, 1), has_aux=True)(positions, zero)
+                stress = _per_volume(d_strain, inputs)
+            else:
+                d_pos, (total, feats) = torch.func.grad(
+                    lambda pos: energy(pos, None), has_aux=True)(positions)
+            return Prediction(energy=total, forces=-d_pos, stress=stress,
+                              features=feats.index_select(-1, feature_index))
+
+        return forward
 
     def forward(self, inputs: dict[str, torch.Tensor], compute_stress: bool = False,
                 training: bool = False) -> Prediction:
@@ -214,15 +294,20 @@ class MACECore(torch.nn.Module):
                          compute_virials=compute_stress, compute_stress=False)
         stress = None
         if compute_stress:
-            periodic = inputs["periodic"]
-            cell = inputs["cell"].view(-1, 3, 3)
-            volume = torch.where(periodic, torch.linalg.det(cell).abs(),
-                                 torch.ones_like(periodic, dtype=cell.dtype))
             # MACE's virials are -dE/d(strain); ASE stress is +(1/V) dE/d(strain).
-            stress = -out["virials"] / volume.view(-1, 1, 1) * periodic.view(-1, 1, 1)
+            stress = _per_volume(-out["virials"], inputs)
         pred = Prediction(energy=out["energy"], forces=out["forces"], stress=stress,
                           features=out["node_feats"].index_select(-1, self.feature_index))
         return pred if training else pred.detached()
+
+
+def _per_volume(d_energy_d_strain: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Return ``(S, 3, 3)`` dE/d(strain) / V (the ASE stress), zero where not periodic."""
+    periodic = inputs["periodic"]
+    cell = inputs["cell"].view(-1, 3, 3)
+    volume = torch.where(periodic, torch.linalg.det(cell).abs(),
+                         torch.ones_like(periodic, dtype=cell.dtype))
+    return d_energy_d_strain / volume.view(-1, 1, 1) * periodic.view(-1, 1, 1)
 
 
 class MACEAdapter:
@@ -241,7 +326,7 @@ class MACEAdapter:
         model = _load_mace_model(spec, self.dtype).to(dtype=self.dtype, device=self.device)
         for p in model.parameters():
             p.requires_grad_(True)
-        self.core = MACECore(model).to(self.device)
+        self.core = MACECore(model, functools.partial(traceable_mace, spec)).to(self.device)
         self.n_features = int(self.core.feature_index.numel())
         self.defaults = FAMILY.defaults
         self.r_max = float(model.r_max)
