@@ -180,3 +180,36 @@ def test_traceable_model_has_no_torchscript_inside(cells):
     assert [n for n, _ in traceable.named_parameters()] == [
         n.removeprefix("model.") for n, _ in adapter.core.named_parameters()]
     assert traceable_mace(adapter.spec) is traceable  # built once per process
+
+
+def test_a_run_chain_file_carries_its_gradients_to_the_worker(tmp_path, monkeypatch, caplog):
+    """settings -> SGHMCConfig -> chain file -> update task: the worker uses the chain's choice."""
+    import ase.io
+
+    from otfparsl.from_settings import sampler_config
+    from otfparsl.settings import BayesSettings
+    from otfparsl.training import ChainJob, init_chain_files
+    from otfparsl.workflow.tasks import update_chain
+
+    assert BayesSettings().gradients == "auto"  # the run default; SGHMCConfig's is autograd
+    config = sampler_config(BayesSettings(gradients="compiled", n_steps=6, noise_off_steps=2,
+                                          noise_ramp_steps=1), load_adapter(
+        ModelSpec(family="mace", source="tiny")).defaults)
+    spec = ModelSpec(family="mace", source="tiny")
+    [path] = init_chain_files(load_adapter(spec), tmp_path / "chains", 1, 5, config, 0.5)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.calc = EMT()
+    atoms.get_stress()
+    ase.io.write(tmp_path / "labels.extxyz", [atoms], format="extxyz")
+
+    def fails(self, theta, batch, weights):
+        raise RuntimeError("compiler missing")
+
+    monkeypatch.setattr(functional.CompiledGradient, "__call__", fails)
+    job = ChainJob(index=0, chain_path=str(path), labels_path=str(tmp_path / "labels.extxyz"),
+                   n_labels=1, model=spec, energy_offset_eV=0.0, energy_sigma_eV=0.01)
+    with caplog.at_level(logging.INFO, logger="otfparsl.bayes"):
+        stats = update_chain(job)
+    assert stats["n_steps"] == 6
+    assert "gradients: compiled" in caplog.text
+    assert functional.compiled_disabled_reason() == "RuntimeError: compiler missing"
