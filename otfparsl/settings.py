@@ -72,7 +72,8 @@ class BayesSettings(_Strict):
         "auto", description="How a chain step computes its gradient: 'compiled' (torch.compile of "
         "torch.func, MACE only; checked against autograd at the first step of every update, "
         "autograd where it fails), 'autograd', or 'auto' (default: compiled for MACE updates of "
-        ">= 1000 steps, where the compile time of ~1-6 min per worker pays). Same trajectory to rounding.",
+        ">= 1000 steps, where the compile time of 1-6 min per worker pays; docs/performance.md section 6). "
+        "Same trajectory to rounding.",
     )
     variance_ddof: Literal[0, 1] = Field(
         1, description="Divisor of the spread of member means: 1 -> M-1 (default, the original's "

@@ -41,9 +41,10 @@ from otfparsl.bayes.types import Batch
 
 logger = logging.getLogger(__name__)
 
-#: ``"auto"`` compiles only updates of at least this many steps: compiling costs ~40 s (warm
-#: cache) to ~6 min (cold) per process on 2 CPU cores and saves ~25 ms per step for the tiny
-#: MACE (docs/performance.md), so short updates (tests, quick demos) would not pay it back.
+#: ``"auto"`` compiles only updates of at least this many steps: compiling the tiny MACE costs
+#: 67 s (warm cache) to 328 s (cold) per worker on a 2-core CPU and saves 17.6 ms per step
+#: (docs/performance.md section 6): 4 chains x 1000 steps per worker pay back a warm compile in
+#: one update; short updates (tests, quick demos) would not.
 AUTO_MIN_STEPS = 1000
 
 #: Largest ``||ĝ_compiled - ĝ_autograd|| / ||ĝ_autograd||`` accepted by the check, per dtype.
