@@ -202,6 +202,8 @@ def traceable_mace(spec: ModelSpec) -> torch.nn.Module:
     dtype = torch_dtype(spec)
     with disable_e3nn_codegen():
         model = _load_mace_model(spec, dtype)
+        if spec.source != "tiny":  # a file keeps its TorchScript: rebuild from its config
+            model = _rebuilt(model)
     model = simplify(model).to(dtype=dtype, device=torch.device(spec.device))
     scripted = [n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
     if scripted:
@@ -210,6 +212,26 @@ def traceable_mace(spec: ModelSpec) -> torch.nn.Module:
             "code generation off; its chain gradients cannot be compiled (bayes.gradients: autograd)."
         )
     return model
+
+
+def _rebuilt(model: torch.nn.Module) -> torch.nn.Module:
+    """Return a new instance of a loaded MACE model's class with its config and state.
+
+    Unpickling a ``.model`` file restores e3nn's TorchScript modules whatever the code-generation
+    setting; a model built anew (under ``disable_e3nn_codegen``) has none. mace-torch's
+    ``extract_config_mace_model`` reads the constructor arguments back from the model (as its
+    cuEquivariance converter does).
+    """
+    from mace.tools.scripts_utils import extract_config_mace_model
+
+    config = extract_config_mace_model(model)
+    if "error" in config:
+        raise ModelError(f"cannot rebuild the MACE model for compilation: {config['error']}")
+    if isinstance(config.get("atomic_numbers"), torch.Tensor):  # mace would copy-construct it
+        config["atomic_numbers"] = [int(z) for z in config["atomic_numbers"]]
+    rebuilt = model.__class__(**config)
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt.to(next(model.parameters()).dtype)
 
 
 class MACECore(torch.nn.Module):

@@ -213,3 +213,21 @@ def test_a_run_chain_file_carries_its_gradients_to_the_worker(tmp_path, monkeypa
     assert stats["n_steps"] == 6
     assert "gradients: compiled" in caplog.text
     assert functional.compiled_disabled_reason() == "RuntimeError: compiler missing"
+
+
+def test_a_model_file_is_rebuilt_without_torchscript(tmp_path, cells):
+    """A .model file unpickles with e3nn's TorchScript whatever the setting: it is rebuilt from
+    its config and state, and predicts what the loaded model predicts."""
+    adapter = cells[0]
+    path = tmp_path / "tiny.model"
+    torch.save(adapter.core.model, path)
+    spec = ModelSpec(family="mace", source=str(path))
+    loaded = load_adapter(spec)
+    traceable = traceable_mace(spec)
+    assert [m for m in loaded.core.model.modules() if isinstance(m, torch.jit.ScriptModule)]
+    assert not [m for m in traceable.modules() if isinstance(m, torch.jit.ScriptModule)]
+    inputs = adapter.collate(cells[1][:2]).inputs
+    want = loaded.core.model(dict(inputs), compute_force=True)
+    got = traceable(dict(inputs), compute_force=True)
+    torch.testing.assert_close(got["energy"], want["energy"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got["forces"], want["forces"], rtol=1e-12, atol=1e-12)
