@@ -83,7 +83,7 @@ def validate(
 @app.command()
 def run(
     run_yaml: Annotated[Path, typer.Argument(help="The run YAML.")],
-    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: this machine (chain worker processes, DFT in a thread).")] = None,
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
     restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run in the run directory and start over.")] = False,
@@ -114,7 +114,7 @@ def run(
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of an interrupted run.")],
-    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: this machine (chain worker processes, DFT in a thread).")] = None,
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
 ) -> None:
     """Continue an interrupted run from its last checkpoint (RUN_DIR/checkpoint.json)."""
@@ -134,7 +134,7 @@ def audit(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     frames: Annotated[int, typer.Option(help="Held-out (never labelled) trajectory frames to label with DFT.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the frame selection.")] = 0,
-    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: local threads.")] = None,
+    site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: this machine (chain worker processes, DFT in a thread).")] = None,
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
 ) -> None:
     """Measure a run's real accuracy: DFT on held-out frames vs what the run predicted there."""
