@@ -234,8 +234,8 @@ class Chain:
             gamma, tau = cosine_step_size(i, cfg.n_steps, gamma0), noise_temperature(i, cfg)
             if compiled is not None:
                 draw = self._minibatch(dataset, collate, full_batch)
-                step = self._compiled_step(compiled, sampler.theta, draw, n_data, likelihood,
-                                           checked=i > 0)
+                check = i == 0 or not compiled.shape_checked(draw[0])
+                step = self._compiled_step(compiled, sampler.theta, draw, n_data, likelihood, check)
                 if step is not None:
                     losses[i] = sampler.step_with_gradient(step[1], step[0], gamma, tau, n_data)
                 else:  # switched off in this step: autograd on the same minibatch
@@ -293,11 +293,11 @@ class Chain:
         draw: tuple[Batch, torch.Tensor, int],
         n_data: int,
         likelihood: tuple[float, float, bool],
-        checked: bool,
+        check: bool,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Return ``(data_loss, ĝ_data)`` of the compiled gradient, or None when it is switched off.
 
-        Unless ``checked``, ĝ is compared with the autograd gradient of the same minibatch; a
+        With ``check``, ĝ is compared with the autograd gradient of the same minibatch; a
         relative difference above :data:`~otfparsl.bayes.functional.CHECK_TOLERANCE`, or an error
         while compiling, switches compiled gradients off in this process.
         """
@@ -309,7 +309,7 @@ class Chain:
         except Exception as exc:  # noqa: BLE001  (torch.compile fails in many ways; autograd stays)
             disable_compiled(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             return None
-        if checked:
+        if not check:
             return loss, grad
         reference = minibatch_objective(self.model, None, *draw, n_data, *likelihood)
         grads = torch.autograd.grad(
@@ -324,6 +324,7 @@ class Chain:
                 f"tolerance {tolerance:.0e})"
             )
             return None
+        compiled.mark_checked(batch)
         logger.info("chain (seed %d): compiled gradient checked against autograd, relative "
                     "difference %.2e", self.seed, mismatch)
         return loss, grad

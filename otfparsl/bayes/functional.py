@@ -11,13 +11,14 @@ gradient for MACE on CPU).
 A core offers it by a method ``functional_forward()`` that returns its forward as a pure
 function ``f(params, inputs, compute_stress) -> Prediction`` (MACE:
 :meth:`otfparsl.models.mace.MACECore.functional_forward`). The compiled
-gradient is **checked**: at the first step of every update it is compared with the autograd
+gradient is **checked**: at the first step of every update, and at the first minibatch of a
+shape that compiles another graph (one structure vs several), it is compared with the autograd
 gradient of the same minibatch; a difference above the dtype's tolerance, or a failure to
 compile, switches this process back to autograd with a warning in the log (the fallback of
 :func:`choose_gradients`).
 
-Compilation costs time once per process and model (minutes cold on a small CPU, tens of seconds
-with a warm cache; docs/performance.md). Inductor's cache is kept in
+Compilation costs time once per process and model (minutes cold on a small CPU, about a minute
+with a warm cache; docs/performance.md section 6). Inductor's cache is kept in
 ``$XDG_CACHE_HOME/otfparsl/inductor`` (``~/.cache/...``) unless ``TORCHINDUCTOR_CACHE_DIR`` is
 set, so it survives reboots and is shared by the nodes of a cluster with one home.
 """
@@ -139,9 +140,22 @@ class CompiledGradient:
         )  # fmt: skip
         with _CACHE_LOCK:
             if key not in _CACHE:
-                _CACHE[key] = _build(model, list(names), list(shapes), energy_sigma_eV,
-                                     stress_sigma_eV_per_A3, compute_stress, backend)
-            self._fn = _CACHE[key]
+                _CACHE[key] = (_build(model, list(names), list(shapes), energy_sigma_eV,
+                                      stress_sigma_eV_per_A3, compute_stress, backend), set())
+            self._fn, self._checked = _CACHE[key]
+
+    @staticmethod
+    def _shape_class(batch: Batch) -> int:
+        # torch.compile specialises sizes 0 and 1: one structure is another graph than several
+        return min(batch.n_structures, 2)
+
+    def shape_checked(self, batch: Batch) -> bool:
+        """True when this process has checked the compiled graph that serves ``batch``."""
+        return self._shape_class(batch) in self._checked
+
+    def mark_checked(self, batch: Batch) -> None:
+        """Record that the graph serving ``batch`` passed the check against autograd."""
+        self._checked.add(self._shape_class(batch))
 
     def __call__(
         self, theta: torch.Tensor, batch: Batch, weights: torch.Tensor
