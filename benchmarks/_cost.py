@@ -119,8 +119,11 @@ def chain_step_times(adapter, dataset, periodic: bool, n_steps: int, sampler: st
 
 
 def chain_update_times(adapter, dataset, periodic: bool, n_steps: int, sampler: str, seed: int = 0,
-                       gradients: str = "autograd") -> list[float]:
-    """Run one chain update of ``n_steps`` steps (noise on from step 0); return every step's seconds."""
+                       gradients: str = "autograd", cpu: list[float] | None = None) -> list[float]:
+    """Run one chain update of ``n_steps`` steps (noise on from step 0); return every step's seconds.
+
+    With ``cpu`` (a list), every step's CPU seconds of this thread are appended to it.
+    """
     import copy
 
     device = torch.device(adapter.spec.device)
@@ -128,17 +131,20 @@ def chain_update_times(adapter, dataset, periodic: bool, n_steps: int, sampler: 
     prior = TransferPrior.from_model(model, adapter.defaults.sigma_tl)
     cfg = SGHMCConfig(n_steps=n_steps, noise_off_steps=0, noise_ramp_steps=0,
                       step_size=adapter.defaults.step_size, sampler=sampler, gradients=gradients)
-    stamps = [time.perf_counter()]
+    stamps, cpu_stamps = [time.perf_counter()], [time.thread_time()]
 
     def tick(_: int) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stamps.append(time.perf_counter())
+        cpu_stamps.append(time.thread_time())
 
     Chain(model, prior, cfg, seed=seed).update(
         dataset, adapter.collate, ENERGY_SIGMA_EV, STRESS_SIGMA_EV_PER_A3, periodic,
         max_retries=0, callback=tick,
     )  # fmt: skip
+    if cpu is not None:
+        cpu.extend(np.diff(cpu_stamps))
     return list(np.diff(stamps))
 
 

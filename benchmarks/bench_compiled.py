@@ -28,7 +28,6 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 
 import torch
 from _cost import Case, chain_update_times, load_case
@@ -85,17 +84,15 @@ def main() -> None:
             if name.endswith("warm"):
                 torch._dynamo.reset()  # a fresh worker: traces again, finds inductor's code on disk
                 functional._CACHE.clear()
-            cpu = time.thread_time()
-            steps = chain_update_times(adapter, dataset, periodic, args.steps + 1, sampler, 0, gradients)
-            cpu = time.thread_time() - cpu
-            cpu_step = (cpu - steps[0]) / args.steps if gradients == "compiled" else cpu / (args.steps + 1)
-            rows.append((name, steps[0], statistics.median(steps[1:]), cpu_step))
+            cpu: list[float] = []
+            steps = chain_update_times(adapter, dataset, periodic, args.steps + 1, sampler, 0, gradients, cpu)
+            rows.append((name, steps[0], statistics.median(steps[1:]), statistics.median(cpu[1:])))
             print(f"  {name}: first step {steps[0]:.2f} s, median {1e3 * rows[-1][2]:.1f} ms", flush=True)
     before = rows[0][2]
     plain = next(r[2] for r in rows if r[0] == "f32 autograd")
     print(f"\n{args.model} on {args.system} ({args.n_data} structures), 1 torch thread, "
           f"{args.steps} measured steps; load {os.getloadavg()[0]:.1f}")
-    print("| variant | first step s | chain-step ms (median) | CPU ms per step | vs before | vs f32 autograd |")
+    print("| variant | first step s | chain-step ms (median) | CPU ms (median) | vs before | vs f32 autograd |")
     print("|---|---|---|---|---|---|")
     for name, first, median, cpu in rows:
         print(f"| {name} | {first:.2f} | {1e3 * median:.1f} | {1e3 * cpu:.1f} | "
