@@ -15,11 +15,9 @@ import torch
 
 pytest.importorskip("mace")
 
-from ase.build import bulk  # noqa: E402
-from ase.calculators.emt import EMT  # noqa: E402
-
 from otfparsl.bayes import Chain, SGHMCConfig, TransferPrior, functional  # noqa: E402
 from otfparsl.models import ModelSpec, attach_labels, load_adapter  # noqa: E402
+from otfparsl.testing import emt_copper_frames  # noqa: E402
 from otfparsl.training import build_bayesian_model  # noqa: E402
 from otfparsl.units import STRESS_SIGMA_EV_PER_A3  # noqa: E402
 
@@ -30,15 +28,8 @@ CONFIG = SGHMCConfig(n_steps=30, noise_off_steps=6, noise_ramp_steps=3, batch_si
 
 
 def _cells(adapter):
-    data = []
-    for k in range(4):
-        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-        atoms[k % 4].symbol = "Al"
-        atoms.rattle(0.05, seed=k)
-        atoms.calc = EMT()
-        atoms.get_stress()
-        data.append(attach_labels(adapter.prepare(atoms), atoms, 20.0))
-    return data
+    frames = emt_copper_frames(4, seed=1, stress=True)
+    return [attach_labels(adapter.prepare(a), a, 20.0) for a in frames]
 
 
 def _update(adapter, data, gradients: str) -> torch.Tensor:

@@ -16,8 +16,7 @@ import torch
 
 pytest.importorskip("mace")
 
-from ase.build import bulk, molecule  # noqa: E402
-from ase.calculators.emt import EMT  # noqa: E402
+from ase.build import molecule  # noqa: E402
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 
 from otfparsl.bayes import (  # noqa: E402
@@ -30,6 +29,7 @@ from otfparsl.bayes.functional import AUTO_MIN_STEPS, choose_gradients  # noqa: 
 from otfparsl.errors import ConfigurationError  # noqa: E402
 from otfparsl.models import ModelSpec, attach_labels, load_adapter  # noqa: E402
 from otfparsl.models.mace import traceable_mace  # noqa: E402
+from otfparsl.testing import emt_copper_frames  # noqa: E402
 from otfparsl.training import build_bayesian_model  # noqa: E402
 from otfparsl.units import STRESS_SIGMA_EV_PER_A3  # noqa: E402
 
@@ -50,16 +50,9 @@ def _one_thread_and_clean_fallback():
 
 @pytest.fixture(scope="module")
 def cells():
-    """Tiny MACE (float64) and 3 EMT-labelled Cu/Al cells with stress (periodic: stress path)."""
+    """Tiny MACE (float64) and 3 EMT-labelled Cu cells with stress (periodic: stress path)."""
     adapter = load_adapter(ModelSpec(family="mace", source="tiny"))
-    data = []
-    for k in range(3):
-        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-        atoms[0].symbol = "Al"
-        atoms.rattle(0.05, seed=k)
-        atoms.calc = EMT()
-        atoms.get_stress()
-        data.append(attach_labels(adapter.prepare(atoms), atoms, 20.0))
+    data = [attach_labels(adapter.prepare(a), a, 20.0) for a in emt_copper_frames(3, stress=True)]
     return adapter, data, True
 
 
@@ -192,15 +185,12 @@ def test_a_run_chain_file_carries_its_gradients_to_the_worker(tmp_path, monkeypa
     from otfparsl.workflow.tasks import update_chain
 
     assert BayesSettings().gradients == "auto"  # the run default; SGHMCConfig's is autograd
-    config = sampler_config(BayesSettings(gradients="compiled", n_steps=6, noise_off_steps=2,
-                                          noise_ramp_steps=1), load_adapter(
-        ModelSpec(family="mace", source="tiny")).defaults)
     spec = ModelSpec(family="mace", source="tiny")
-    [path] = init_chain_files(load_adapter(spec), tmp_path / "chains", 1, 5, config, 0.5)
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    atoms.calc = EMT()
-    atoms.get_stress()
-    ase.io.write(tmp_path / "labels.extxyz", [atoms], format="extxyz")
+    adapter = load_adapter(spec)
+    bayes = BayesSettings(gradients="compiled", n_steps=6, noise_off_steps=2, noise_ramp_steps=1)
+    [path] = init_chain_files(adapter, tmp_path / "chains", 1, 5,
+                              sampler_config(bayes, adapter.defaults), 0.5)
+    ase.io.write(tmp_path / "labels.extxyz", emt_copper_frames(1, stress=True), format="extxyz")
 
     def fails(self, theta, batch, weights):
         raise RuntimeError("compiler missing")
