@@ -23,7 +23,7 @@ from otfparsl.workflow.driver import run
 from otfparsl.workflow.submit import ThreadSubmitter
 
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
-SMALL = {"cazrs3_proton": "cazrs3_protons"}
+SMALL = {"cazrs3_proton": "cazrs3_protons", "lamno3": "lamno3_order"}
 
 pytestmark = [
     pytest.mark.dft,
@@ -87,6 +87,17 @@ def test_the_workflows_analysis_is_computed_on_the_run(finished):
             1 for e in events if e["event"] == "step"
         )
         assert len(result["proton_msd"]["lag_fs"]) > 10  # the NVE stretch
+    if name == "lamno3_order":
+        assert result["n_dft_calls"] == n_calls
+        rates = result["dft_call_rates"]["segments"]
+        assert [r["temperature_K"] for r in rates] == [300.0, 800.0, 300.0]
+        assert sum(r["calls"] for r in rates) == n_calls
+        assert sum(r["steps"] for r in rates) == sum(1 for e in events if e["event"] == "step")
+        # The NPT cell is the trajectory's own: its lattice parameters, per frame.
+        cells = np.array([f.cell.lengths() for f in frames])
+        np.testing.assert_allclose(result["frames"]["c_pc_A"], cells[:, 2] / 2.0, rtol=1e-9)
+        assert all(np.isfinite(result["frames"]["jahn_teller_rms_A"]))
+        assert all(row["n_frames"] >= 1 for row in result["segment_means_second_half"])
 
 
 def test_the_report_shows_the_analysis(finished):

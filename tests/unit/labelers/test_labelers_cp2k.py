@@ -138,6 +138,8 @@ def test_options_are_validated_with_the_fix():
         make_labeler("cp2k", mixing_alpha=0)
     with pytest.raises(ConfigurationError, match="Did you mean 'cutoff_Ry'"):
         make_labeler("cp2k", cutoff_ry=400)
+    with pytest.raises(ConfigurationError, match=r"eps_default must be in \(0, 1e-4\)"):
+        make_labeler("cp2k", eps_default=0.01)
 
 
 def test_input_holds_each_elements_basis_pseudo_spin_and_u():
@@ -154,6 +156,9 @@ def test_input_holds_each_elements_basis_pseudo_spin_and_u():
         "BASIS_SET DZVP-MOLOPT-SR-GTH" in o and "POTENTIAL GTH-PBE" in o and "DFT_PLUS_U" not in o
     )
     assert "&OT" in text and "SCF_GUESS ATOMIC" in text  # Gamma, no smearing: OT
+    assert "EPS_DEFAULT" not in text  # CP2K's own 1e-10 unless asked
+    screened = CP2KLabeler(eps_default=1e-8).input_template(["Si"], guess=None)
+    assert "&QS\n  EPS_DEFAULT 1.000E-08\n&END QS" in screened
     with_k = CP2KLabeler(kpts=(2, 2, 2)).input_template(["Si"], guess="guess.wfn")
     assert "&OT" not in with_k and "DIAGONALIZATION" in with_k and "MONKHORST-PACK 2 2 2" in with_k
     assert "WFN_RESTART_FILE_NAME guess.wfn" in with_k and "SCF_GUESS RESTART" in with_k
