@@ -45,7 +45,8 @@ VARIANTS: dict[str, dict] = {
     "smear500-250Ry-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "cutoff_Ry": 250},
     "smear500-broyden0.05-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "mixing_alpha": 0.05},
     "smear500-pulay0.1-1e-5": {"eps_scf": 1e-5, "smearing_K": 500, "mixing": "pulay", "mixing_alpha": 0.1},
-    # Cheaper grids (where a GPW step of this cell spends its time) and one inner SCF loop:
+    # Cheaper grids (where a GPW step of this cell spends its time), with one OT cycle of 200
+    # steps, or with OT restarted every 25 steps (the committed setting):
     "ot-1e-6-rel30-epsdef1e-8": {"eps_scf": 1e-6, "smearing_K": None, "rel_cutoff_Ry": 30,
                                  "eps_default": 1e-8, "max_scf": 200},
     "ot-1e-6-rel30-epsdef1e-8-inner25": {"eps_scf": 1e-6, "smearing_K": None, "rel_cutoff_Ry": 30,
