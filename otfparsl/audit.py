@@ -31,7 +31,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
-from otfparsl.analysis.metrics import error_metrics, uncertainty_metrics
+from otfparsl.analysis.metrics import audit_verdict, error_metrics, uncertainty_metrics
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
@@ -160,7 +160,7 @@ def audit_run(
         }  # fmt: skip
         _write_labels(root / "labels.extxyz", frames, labelled, rows)
         atomic_write_text(root / "audit.json", json.dumps(result, indent=2))
-        _add_to_summary(rd, result["predictions"]["recorded"])
+        _add_to_summary(rd, result["predictions"]["recorded"], result["confidence_level"])
         return result
 
 
@@ -170,7 +170,7 @@ def read_audit(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _add_to_summary(rd: RunDirectory, recorded: dict[str, Any]) -> None:
+def _add_to_summary(rd: RunDirectory, recorded: dict[str, Any], confidence_level: float) -> None:
     """Put the held-out figures into ``summary.json`` next to the run's own (if it has one)."""
     if not rd.summary.is_file():
         return
@@ -180,6 +180,7 @@ def _add_to_summary(rd: RunDirectory, recorded: dict[str, Any]) -> None:
         "fraction_above_threshold": recorded["fraction_above_threshold"],
         "fraction_above_threshold_ci95": recorded["fraction_above_threshold_ci95"],
         "rms_z_calibrated": recorded["rms_z_calibrated"], "energy_rmse_eV": recorded["energy_rmse_eV"],
+        "verdict": audit_verdict(recorded, confidence_level).sentence(),
     }  # fmt: skip
     atomic_write_text(rd.summary, json.dumps(summary, indent=2))
 

@@ -366,13 +366,13 @@ def _print_audit(result: dict) -> None:
     for name, cell in rows:
         table.add_row(name, *(cell(preds[p]) for p in ("recorded", "final", "pretrained")))
     Console().print(table)
-    rec = preds["recorded"]
-    promise = 1.0 - result["confidence_level"]
-    verdict = "promise kept" if rec["fraction_above_threshold"] <= promise else "promise NOT kept"
+    from otfparsl.analysis.metrics import audit_verdict
+
+    verdict = audit_verdict(preds["recorded"], result["confidence_level"])
     Console().print(
-        f"The run claimed P(|error| > K) < {promise:.0%} at every step it did not label; {rec['n_above_threshold']} of "
-        f"{rec['n_frames']} held-out frames were above K: {verdict}. rms z: error / the calibrated scale the run "
-        f"used (about 1 when honest, above 1 overconfident). Written: {Path(result['run_dir']) / 'audit'}"
+        f"The run claimed P(|error| > K) < {verdict.promise:.0%} at every step it did not label. {verdict.sentence()} "
+        "rms z: error / the calibrated scale the run used (about 1 when honest, above 1 overconfident). "
+        f"Written: {Path(result['run_dir']) / 'audit'}"
     )
 
 

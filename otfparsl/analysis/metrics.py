@@ -9,7 +9,9 @@ coverage of the predicted 95 % interval.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -98,7 +100,8 @@ def uncertainty_metrics(
     -------
     dict
         ``rms_z_calibrated`` (rms of e / s), ``rms_z_ensemble`` (rms of e / std),
-        ``coverage_95`` (fraction of |e| inside the predicted central 95 % interval),
+        ``coverage_95`` (fraction of |e| inside the predicted central 95 % interval) and
+        ``n_inside_95`` (their number),
         ``mll_student_t`` (mean log density of e under the calibrated Student-t, log(1/eV)),
         ``mll_gaussian`` (under N(0, std^2)), ``auc_roc_std`` (AUC of std for |e| > K; None
         when all or no frames are above K), ``mean_confidence`` (mean predicted
@@ -112,10 +115,12 @@ def uncertainty_metrics(
         for level in RELIABILITY_LEVELS
     }
     confidence = 2.0 * stats.t.cdf(threshold / scale, dof) - 1.0
+    inside_95 = np.abs(e) <= student_t_interval(scale, dof, 0.95)
     return {
         "rms_z_calibrated": float(np.sqrt(np.mean((e / scale) ** 2))),
         "rms_z_ensemble": float(np.sqrt(np.mean((e / std) ** 2))),
-        "coverage_95": float(np.mean(np.abs(e) <= student_t_interval(scale, dof, 0.95))),
+        "coverage_95": float(np.mean(inside_95)),
+        "n_inside_95": int(np.sum(inside_95)),
         "mll_student_t": float(np.mean(stats.t.logpdf(e, dof, scale=scale))),
         "mll_gaussian": float(np.mean(stats.norm.logpdf(e, scale=std))),
         "auc_roc_std": auc_roc(std, np.abs(e) > threshold),
@@ -124,3 +129,98 @@ def uncertainty_metrics(
         "median_scale_eV": float(np.median(scale)),
         "reliability": coverage,
     }
+
+
+#: What an audit can say of the run's promise (P(|error| > K) below 1 - confidence at every step).
+VERDICTS = {
+    "kept": "promise kept",
+    "not_shown": "consistent with the promise, not proof of it",
+    "exceeded": "more frames above K than promised, not yet proof of a broken promise",
+    "broken": "promise NOT kept",
+}
+
+
+@dataclass(frozen=True)
+class AuditVerdict:
+    """What held-out frames show of a run's claim, with the statistics it rests on.
+
+    ``status`` is a key of :data:`VERDICTS`: ``kept`` and ``broken`` when the exact 95 %
+    interval of the rate of frames above K lies wholly below or above the promised rate,
+    ``not_shown`` and ``exceeded`` when the interval still contains it (too few frames to tell),
+    split by the observed rate. ``calibration`` is ``overconfident`` (or ``underconfident``) when
+    the 95 % interval of the fraction of errors inside the run's own 95 % predictive intervals
+    lies wholly below (or above) 0.95, else ``consistent``; None without uncertainty metrics.
+    """
+
+    status: str
+    n_frames: int
+    n_above: int
+    promise: float
+    rate_ci95: tuple[float, float]
+    frames_to_show: int
+    calibration: str | None
+    n_inside_95: int | None
+
+    @property
+    def headline(self) -> str:
+        return VERDICTS[self.status]
+
+    def sentence(self) -> str:
+        """The verdict in words: its headline, then the numbers behind it."""
+        return f"{self.headline}: {self.detail()}"
+
+    def detail(self) -> str:
+        """The numbers behind the verdict, in words (without its headline)."""
+        low, high = self.rate_ci95
+        seen = f"{self.n_above} of {self.n_frames} held-out frames were above K"
+        interval = f"the exact 95 % interval of the rate is {low:.2f}-{high:.2f}"
+        text = {
+            "kept": f"{seen}, and {interval}, at most {self.promise:.0%}",
+            "broken": f"{seen}, and {interval}, above {self.promise:.0%}",
+            "exceeded": (f"{seen} (more than {self.promise:.0%}), but {interval}, which still contains "
+                         f"{self.promise:.0%}: label more frames to tell how often"),
+            "not_shown": (f"{seen}, but {interval}, which reaches above {self.promise:.0%}: "
+                          f"at least {self.frames_to_show} frames with none above K would show the promise"),
+        }[self.status]  # fmt: skip
+        out = f"{text}."
+        if self.calibration in ("overconfident", "underconfident"):
+            low_c, high_c = binomial_interval(self.n_inside_95 or 0, self.n_frames)
+            out += (f" The run's 95 % predictive intervals held {self.n_inside_95} of {self.n_frames} errors "
+                    f"(95 % interval {low_c:.2f}-{high_c:.2f}): its calibration was {self.calibration} on these frames.")  # fmt: skip
+        return out
+
+
+def frames_to_show(promise: float, level: float = 0.95) -> int:
+    """The fewest frames, none above K, whose exact ``level`` interval lies at or below ``promise``.
+
+    The Clopper-Pearson upper end for 0 of n is ``1 - ((1 - level) / 2) ** (1 / n)``.
+    """
+    return math.ceil(math.log((1.0 - level) / 2.0) / math.log(1.0 - promise))
+
+
+def audit_verdict(recorded: dict[str, Any], confidence_level: float) -> AuditVerdict:
+    """Judge the run's claim from the audit's ``recorded`` metrics (:func:`error_metrics` and
+    :func:`uncertainty_metrics` of the held-out frames).
+
+    Parameters
+    ----------
+    recorded
+        The audit's metrics of what the run claimed at the held-out frames.
+    confidence_level
+        The run's ``calibration.confidence``: it promised P(|error| > K) < 1 - confidence_level.
+    """
+    n, above = int(recorded["n_frames"]), int(recorded["n_above_threshold"])
+    promise = 1.0 - confidence_level
+    low, high = binomial_interval(above, n)
+    if high <= promise:
+        status = "kept"
+    elif low > promise:
+        status = "broken"
+    else:
+        status = "exceeded" if above > promise * n else "not_shown"
+    inside, calibration = None, None
+    if recorded.get("coverage_95") is not None and n:
+        inside = int(recorded.get("n_inside_95", round(recorded["coverage_95"] * n)))
+        low_c, high_c = binomial_interval(inside, n)
+        calibration = "overconfident" if high_c < 0.95 else "underconfident" if low_c > 0.95 else "consistent"
+    return AuditVerdict(status, n, above, promise, (low, high), frames_to_show(promise), calibration, inside)

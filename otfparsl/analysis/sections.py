@@ -8,6 +8,7 @@ import math
 from otfparsl.analysis import page as html
 from otfparsl.analysis.audit_figures import AUDIT_NAMES
 from otfparsl.analysis.figures import time_unit
+from otfparsl.analysis.metrics import audit_verdict
 from otfparsl.analysis.pretrained import PretrainedErrors
 from otfparsl.analysis.run_record import (
     Headline,
@@ -140,12 +141,15 @@ def _audit_card(record: RunRecord, promise: float) -> str:
         return html.card("not audited", "no held-out check against DFT",
                          f"run `otfparsl audit {record.rd.path}` to label frames the run never labelled", "warn")  # fmt: skip
     rec = record.audit["predictions"]["recorded"]
-    low, high = rec["fraction_above_threshold_ci95"]
+    verdict = audit_verdict(rec, record.settings.calibration.confidence)
+    kind = {"kept": "", "not_shown": "warn", "exceeded": "bad", "broken": "bad"}[verdict.status]
+    if verdict.calibration == "overconfident" and not kind:
+        kind = "warn"
     return html.card(
-        f"{rec['n_above_threshold']} of {rec['n_frames']}", "held-out frames above K (the run's claim checked)",
-        f"95 % CI {low:.2f}-{high:.2f}; audit/audit.json: never-labelled trajectory frames labelled by "
+        f"{rec['n_above_threshold']} of {rec['n_frames']}", f"held-out frames above K: {verdict.headline}",
+        f"{verdict.detail()} audit/audit.json: never-labelled trajectory frames labelled by "
         f"{record.audit.get('labeler')}; rms z {html.fmt(rec.get('rms_z_calibrated'), 3)}",
-        "bad" if rec["fraction_above_threshold"] > promise else "",
+        kind,
     )  # fmt: skip
 
 
@@ -240,6 +244,12 @@ def _calibration_text(record: RunRecord, head: Headline, final: tuple[float, flo
     )
 
 
+_CORRELATED = (
+    "The intervals treat the frames as independent; frames of one trajectory are correlated, so they are "
+    "approximate (a longer trajectory or more walkers give more independent frames)."
+)
+
+
 def _audit(record: RunRecord, pngs: list | None) -> str:
     audit = record.audit
     if audit is None:
@@ -263,6 +273,9 @@ def _audit(record: RunRecord, pngs: list | None) -> str:
         "'final ensemble' the fine-tuned ensemble at the end with the final calibration; 'pretrained model' the "
         "foundation model before any fine-tuning (no uncertainty).</p>"
     )
+    verdict = audit_verdict(audit["predictions"]["recorded"], record.settings.calibration.confidence)
+    text += html.note(f"<b>{html.esc(verdict.headline)}:</b> {html.esc(verdict.detail())} {_CORRELATED}",
+                      bad=verdict.status in ("exceeded", "broken"))  # fmt: skip
     return text + html.table(headers, rows, (False, True, True, True, True, True, True, True, True)) + "".join(
         html.figure(p) for p in pngs or []
     )

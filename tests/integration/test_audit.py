@@ -2,7 +2,7 @@
 
 The "foundation" is a tiny MACE fitted to EMT copper; the run's reference ("DFT") is EMT plus
 a weak Lennard-Jones term (``otfparsl.testing.PerturbedEMT``), which the foundation does not
-know. An honest run keeps its promise on held-out frames; the same run with chains that do not
+know. An honest run stays within its promise on held-out frames; the same run with chains that do not
 spread (one noise-free SGHMC step: all chains equal, the std is sigma_E alone, so the decision
 never fires after the first label) does not, and the audit says so. Neither can pass vacuously: the pretrained model is above K on most
 held-out frames.
@@ -17,6 +17,7 @@ import pytest
 from ase.build import bulk
 from typer.testing import CliRunner
 
+from otfparsl.analysis.metrics import VERDICTS
 from otfparsl.audit import audit_run, read_audit
 from otfparsl.settings import RunSettings
 from otfparsl.workflow.driver import run
@@ -74,7 +75,7 @@ def frozen(tmp_path_factory, cu_foundation_model):
 
 
 @pytest.mark.slow
-def test_honest_run_keeps_its_promise_on_held_out_frames(honest):
+def test_honest_run_stays_within_its_promise_on_held_out_frames(honest):
     _, audit, _, calls = honest
     recorded, pretrained = audit["predictions"]["recorded"], audit["predictions"]["pretrained"]
     assert recorded["n_frames"] == N_FRAMES == len(calls)
@@ -96,6 +97,7 @@ def test_audit_catches_chains_that_do_not_move(frozen):
     assert summary["interventions_checked"] == 0 and summary["fraction_above_threshold"] is None
     assert summary["calibration_basis"].startswith("prior only")  # and the run's own summary said so
     assert summary["heldout_audit"]["above_threshold"] == recorded["n_above_threshold"]
+    assert summary["heldout_audit"]["verdict"].startswith("promise NOT kept")  # shown: the interval lies above 5 %
 
 
 @pytest.mark.slow
@@ -121,8 +123,11 @@ def test_report_and_cli_show_the_audit(honest):
     index = write_report(run_dir)
     page = index.read_text()
     assert "<h2>Held-out audit</h2>" in page and 'href="audit_reliability.png"' in page
+    # 20 frames with at most one above K are consistent with a 5 % promise but cannot prove it (72 could)
+    assert page.count(VERDICTS["not_shown"]) == 2 and "at least 72 frames with none above K" in page
     for name in ("audit_reliability.png", "audit_error_vs_std.png", "audit_errors_time.png"):
         assert (run_dir / "report" / name).stat().st_size > 1000
     result = CliRunner().invoke(app, ["audit", str(run_dir), "--frames", str(N_FRAMES)])
     assert result.exit_code == 0, result.output
-    assert f"held-out frames vs DFT (K = {K:.4g} eV)" in result.output and "promise kept" in result.output
+    words = " ".join(result.output.split())  # rich wraps lines at the terminal's width
+    assert f"held-out frames vs DFT (K = {K:.4g} eV)" in words and VERDICTS["not_shown"] in words

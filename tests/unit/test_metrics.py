@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from otfparsl.analysis.metrics import auc_roc, binomial_interval, error_metrics, uncertainty_metrics
+from otfparsl.analysis.metrics import (
+    VERDICTS,
+    auc_roc,
+    audit_verdict,
+    binomial_interval,
+    error_metrics,
+    frames_to_show,
+    uncertainty_metrics,
+)
 
 K = 0.02
 
@@ -60,3 +68,37 @@ def test_honest_student_t_predictive_scores_as_honest():
     bad = uncertainty_metrics(errors, std, scale / 5, np.full(n, dof), K)
     assert bad["coverage_95"] < 0.5 and bad["rms_z_calibrated"] > 4
     assert bad["mll_student_t"] < m["mll_student_t"]
+
+
+def test_frames_to_show_a_promise_is_where_clopper_pearson_gets_there():
+    n = frames_to_show(0.05)
+    assert n == 72  # 20 frames, none above K, cannot show a 5 % promise
+    assert binomial_interval(0, n)[1] <= 0.05 < binomial_interval(0, n - 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("n", "above", "inside", "status", "calibration"),
+    [
+        (72, 0, 70, "kept", "consistent"),  # the interval lies below 5 %: shown
+        (20, 1, 19, "not_shown", "consistent"),  # 5 % observed, interval up to 0.25: not shown
+        (3, 0, 1, "not_shown", "overconfident"),  # none above K, but 1 of 3 inside the 95 % intervals
+        (3, 1, 2, "exceeded", "consistent"),  # above 5 % observed, interval still holds 5 %
+        (20, 18, 2, "broken", "overconfident"),  # the interval lies above 5 %: shown broken
+        (100, 0, 100, "kept", "underconfident"),
+    ],
+)
+def test_audit_verdict_says_only_what_the_frames_show(n, above, inside, status, calibration):
+    recorded = {"n_frames": n, "n_above_threshold": above, "coverage_95": inside / n, "n_inside_95": inside}
+    verdict = audit_verdict(recorded, confidence_level=0.95)
+    assert (verdict.status, verdict.calibration) == (status, calibration)
+    low, high = binomial_interval(above, n)
+    text = verdict.sentence()
+    assert text.startswith(VERDICTS[status]) and f"{above} of {n}" in text and f"{low:.2f}-{high:.2f}" in text
+    assert ("72 frames" in text) == (status == "not_shown")
+    assert (f"calibration was {calibration}" in text) == (calibration != "consistent")
+
+
+def test_audit_verdict_of_an_audit_without_uncertainty_or_inside_count():
+    assert audit_verdict({"n_frames": 5, "n_above_threshold": 5}, 0.95).calibration is None
+    old = audit_verdict({"n_frames": 3, "n_above_threshold": 0, "coverage_95": 1 / 3}, 0.95)  # audit.json of before
+    assert old.n_inside_95 == 1 and old.calibration == "overconfident"
