@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ase.build import bulk
-from ase.calculators.emt import EMT
+from label_emt import LabelEMT
 
 KILL_ENV = "OTFPARSL_TEST_KILL"
 
@@ -26,18 +26,13 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillingEMT(EMT):
+class KillingEMT(LabelEMT):
     """EMT as the 'DFT' code; kills the process halfway through the labelling it is told to."""
 
-    def __init__(self, directory: str = ".", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.workdir = Path(directory)
-
-    def calculate(self, *args, **kwargs) -> None:
-        if os.environ.get(KILL_ENV) == f"dft:{self.workdir.name}":
-            (self.workdir / "partial_output.txt").write_text("SCF iteration 3 ...\n")
+    def before_label(self, workdir: Path) -> None:
+        if os.environ.get(KILL_ENV) == f"dft:{workdir.name}":
+            (workdir / "partial_output.txt").write_text("SCF iteration 3 ...\n")
             die()
-        super().calculate(*args, **kwargs)
 
 
 def update_chain_or_die(job) -> dict:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import group_alive
 from tiny_runs import HOLD_ENV, write_run_yaml
 from typer.testing import CliRunner
 
@@ -57,23 +58,9 @@ def interrupted(tmp_path_factory, cu_foundation_model):
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the run and its chain worker processes
     output, _ = proc.communicate(timeout=300)
     deadline = time.monotonic() + 30  # multiprocessing's resource tracker exits just after the run
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return run_dir, proc.returncode, output, _group_alive(proc.pid)
-
-
-def _group_alive(group: int) -> list[str]:
-    """Processes of process group ``group`` still running (zombies not counted): their command lines."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == group and fields[0] != "Z":
-                command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-                alive.append(command.decode(errors="replace")[:200])
-        except OSError:  # it ended meanwhile
-            continue
-    return alive
+    return run_dir, proc.returncode, output, group_alive(proc.pid)
 
 
 def test_an_interrupted_run_writes_its_report(interrupted):

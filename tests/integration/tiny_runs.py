@@ -14,7 +14,7 @@ from pathlib import Path
 import ase.io
 import yaml
 from ase.build import bulk
-from ase.calculators.emt import EMT
+from label_emt import LabelEMT
 
 K_EV = 0.004
 #: Environment variable naming a file: :class:`HeldEMT` writes it when it starts holding.
@@ -22,21 +22,16 @@ HOLD_ENV = "OTFPARSL_TEST_HOLD_FILE"
 HOLD_S = 8.0
 
 
-class HeldEMT(EMT):
+class HeldEMT(LabelEMT):
     """EMT as the 'DFT' code; its second label (MD step 10) writes the file named by
     ``$OTFPARSL_TEST_HOLD_FILE`` and then takes ``HOLD_S`` seconds: a DFT call that a test can
     interrupt deterministically, whatever the machine's speed."""
 
-    def __init__(self, directory: str = ".", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.workdir = Path(directory)
-
-    def calculate(self, *args, **kwargs) -> None:
+    def before_label(self, workdir: Path) -> None:
         marker = os.environ.get(HOLD_ENV)
-        if marker and self.workdir.name == "label_00001":
+        if marker and workdir.name == "label_00001":
             Path(marker).write_text("holding\n")
             time.sleep(HOLD_S)
-        super().calculate(*args, **kwargs)
 
 
 def write_run_yaml(folder: Path, model_path: str, name: str = "tiny", dft: str = "emt") -> Path:

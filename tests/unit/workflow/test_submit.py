@@ -16,6 +16,7 @@ from pathlib import Path
 import ase.io
 import pytest
 import torch
+from processes import alive
 
 pytest.importorskip("mace")
 
@@ -143,14 +144,6 @@ os.kill(os.getpid(), signal.SIGKILL)  # the run dies without stopping its worker
 """
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (an exited orphan that no one reaped yet is a zombie: not alive)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see the orphaned worker")
 def test_a_chain_worker_ignores_sigint_and_exits_when_its_run_is_killed(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _ORPHANING_RUN], capture_output=True, text=True,
@@ -158,9 +151,9 @@ def test_a_chain_worker_ignores_sigint_and_exits_when_its_run_is_killed(tmp_path
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     worker = int(proc.stdout.split()[0])
     deadline = time.monotonic() + 30
-    while _alive(worker) and time.monotonic() < deadline:
+    while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(worker), "the orphaned chain worker still runs its 1-hour task"
+    assert not alive(worker), "the orphaned chain worker still runs its 1-hour task"
 
 
 def test_gather_fails_with_cancelled_error_when_a_future_was_cancelled():
