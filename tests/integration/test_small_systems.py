@@ -1,10 +1,11 @@
-"""The paper's periodic systems, small variants, end to end with real DFT (CP2K) and their analyses.
+"""The paper's three systems, small variants, end to end with real DFT and their analyses.
 
-Each workflow's ``run_small.yaml`` runs through the driver on this machine (CHGNet 0.3.0, CP2K
-PBE labels with energy, forces and stress), then ``otfparsl report`` writes the page. What must
-come out: a finished run whose every label is CP2K's own result, the workflow's own analysis
-computed on the run's trajectory and DFT calls, and that analysis in the report. Minutes of DFT
-each: marked ``long`` (``pytest -m long``, its own step in ``.ci/run``).
+Each workflow's ``run_small.yaml`` runs through the driver on this machine (CHGNet 0.3.0; PySCF
+B3LYP labels of ethanol, CP2K PBE(+U) labels with energy, forces and stress of the crystals),
+then ``otfparsl report`` writes the page. What must come out: a finished run whose every label
+is the DFT code's own result, the workflow's own analysis computed on the run's trajectory and
+DFT calls, and that analysis in the report. Minutes of DFT each: marked ``long``
+(``pytest -m long``, its own step in ``.ci/run``).
 """
 
 from __future__ import annotations
@@ -23,22 +24,29 @@ from otfparsl.workflow.driver import run
 from otfparsl.workflow.submit import ThreadSubmitter
 
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
-SMALL = {"cazrs3_proton": "cazrs3_protons", "lamno3": "lamno3_order"}
+#: Workflow folder -> its analysis.
+SMALL = {"cazrs3_proton": "cazrs3_protons", "ethanol": "ethanol_conformers", "lamno3": "lamno3_order"}
+#: Workflow folder -> the DFT code of its small variant (``labeler.kind``).
+CODE = {"cazrs3_proton": "cp2k", "ethanol": "pyscf", "lamno3": "cp2k"}
 
-pytestmark = [
-    pytest.mark.dft,
+pytestmark = [pytest.mark.dft, pytest.mark.slow, pytest.mark.long]
+
+_CP2K = [
     pytest.mark.cp2k,
-    pytest.mark.slow,
-    pytest.mark.long,
     pytest.mark.skipif(
         shutil.which("cp2k.psmp") is None, reason="CP2K is not installed (apt-get install cp2k)"
     ),
 ]
 
 
-@pytest.fixture(scope="module", params=sorted(SMALL))
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(w, marks=_CP2K if CODE[w] == "cp2k" else []) for w in sorted(SMALL)],
+)
 def finished(request, tmp_path_factory):
     pytest.importorskip("chgnet")
+    if CODE[request.param] == "pyscf":
+        pytest.importorskip("pyscf")
     from otfparsl.analysis.report import write_report
 
     settings = RunSettings.from_yaml(WORKFLOWS / request.param / "run_small.yaml")
@@ -49,8 +57,8 @@ def finished(request, tmp_path_factory):
     return request.param, settings, result, run_dir, page
 
 
-def test_the_run_finishes_and_every_label_is_cp2ks(finished):
-    _, settings, result, run_dir, _ = finished
+def test_the_run_finishes_and_every_label_is_the_dft_codes(finished):
+    workflow, settings, result, run_dir, _ = finished
     events = read_events(run_dir / "events.jsonl")
     steps = [e for e in events if e["event"] == "step"]
     calls = [e for e in steps if e["intervened"]]
@@ -61,9 +69,15 @@ def test_the_run_finishes_and_every_label_is_cp2ks(finished):
         == len(steps)
         == 1 + round(sum(s.duration_fs / s.timestep_fs for s in settings.md.segments))
     )
+    periodic = CODE[workflow] == "cp2k"
     for label in labels:
-        assert label.info["labeler"] == "cp2k"
-        assert np.all(np.isfinite(label.get_forces())) and np.all(np.isfinite(label.get_stress()))
+        assert label.info["labeler"] == CODE[workflow] == settings.labeler.kind
+        assert np.all(np.isfinite(label.get_forces()))
+        assert not periodic or np.all(np.isfinite(label.get_stress()))
+    if not periodic:  # PySCF's log of every label, each SCF converged
+        logs = sorted((run_dir / "dft").glob("label_*/pyscf.log"))
+        assert len(logs) >= len(labels) and all("converged SCF energy" in p.read_text() for p in logs)
+        return
     outputs = sorted((run_dir / "dft").glob("label_*/cp2k.out"))
     assert len(outputs) >= len(labels) and all(
         "ENERGY| Total FORCE_EVAL" in p.read_text() for p in outputs
@@ -87,6 +101,15 @@ def test_the_workflows_analysis_is_computed_on_the_run(finished):
             1 for e in events if e["event"] == "step"
         )
         assert len(result["proton_msd"]["lag_fs"]) > 10  # the NVE stretch
+    if name == "ethanol_conformers":
+        test = result["dft_calls_near_transitions"]
+        assert test["steps_inside"] + test["steps_outside"] == sum(
+            1 for e in events if e["event"] == "step"
+        )
+        assert test["calls_inside"] + test["calls_outside"] == n_calls
+        assert sum(result["populations"].values()) == pytest.approx(1.0)
+        for t in result["transitions"]:  # each a change between two of the three conformers
+            assert t["from"] != t["to"] and {t["from"], t["to"]} <= {"anti", "gauche+", "gauche-"}
     if name == "lamno3_order":
         assert result["n_dft_calls"] == n_calls
         rates = result["dft_call_rates"]["segments"]

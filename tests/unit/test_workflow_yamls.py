@@ -218,3 +218,15 @@ def test_committed_small_cazrs3_cell_is_the_builders_output():
     # the host keeps its chemistry: no two atoms closer than the S-H bond
     distances = built.get_all_distances(mic=True) + 10 * np.eye(len(built))
     assert distances.min() == pytest.approx(1.336)
+
+
+def test_ethanol_small_variant_is_the_demo_shortened():
+    """run_small.yaml (the ethanol `long` test) differs from the demo only where its header says."""
+    demo = RunSettings.from_yaml(WORKFLOWS / "ethanol" / "run.yaml")
+    small = RunSettings.from_yaml(WORKFLOWS / "ethanol" / "run_small.yaml")
+    for part in ("structure", "model", "calibration", "labeler", "analyses"):
+        assert getattr(small, part) == getattr(demo, part), part
+    (segment,), (demo_segment,) = small.md.segments, demo.md.segments
+    assert segment.model_copy(update={"duration_fs": demo_segment.duration_fs}) == demo_segment
+    assert (segment.duration_fs, small.bayes.n_chains, small.bayes.n_steps) == (100.0, 4, 50)
+    assert small.bayes.batch_size == demo.bayes.batch_size and small.bayes.seed == demo.bayes.seed
