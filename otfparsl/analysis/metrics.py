@@ -172,7 +172,7 @@ class AuditVerdict:
     def detail(self) -> str:
         """The numbers behind the verdict, in words (without its headline)."""
         low, high = self.rate_ci95
-        seen = f"{self.n_above} of {self.n_frames} held-out frames were above K"
+        seen = f"{self.n_above} of {self.n_frames} held-out frames {'was' if self.n_above == 1 else 'were'} above K"
         interval = f"the exact 95 % interval of the rate is {low:.2f}-{high:.2f}"
         text = {
             "kept": f"{seen}, and {interval}, at most {self.promise:.0%}",
@@ -182,6 +182,8 @@ class AuditVerdict:
             "not_shown": (f"{seen}, but {interval}, which reaches above {self.promise:.0%}: "
                           f"at least {self.frames_to_show} frames with none above K would show the promise"),
         }[self.status]  # fmt: skip
+        if self.status == "not_shown" and self.n_above:
+            text += f"; with {self.n_above} above K, at least {frames_to_show(self.promise, self.n_above)}"
         out = f"{text}."
         if self.calibration in ("overconfident", "underconfident"):
             low_c, high_c = binomial_interval(self.n_inside_95 or 0, self.n_frames)
@@ -190,12 +192,21 @@ class AuditVerdict:
         return out
 
 
-def frames_to_show(promise: float, level: float = 0.95) -> int:
-    """The fewest frames, none above K, whose exact ``level`` interval lies at or below ``promise``.
+def frames_to_show(promise: float, above: int = 0, level: float = 0.95) -> int:
+    """The fewest frames, ``above`` of them above K, whose exact ``level`` interval lies at or
+    below ``promise``.
 
-    The Clopper-Pearson upper end for 0 of n is ``1 - ((1 - level) / 2) ** (1 / n)``.
+    For none above K the Clopper-Pearson upper end of 0 of n is ``1 - ((1 - level) / 2) ** (1 / n)``;
+    with some above K the upper end falls as n grows, and the first n where it reaches
+    ``promise`` is searched from there.
     """
-    return math.ceil(math.log((1.0 - level) / 2.0) / math.log(1.0 - promise))
+    n = math.ceil(math.log((1.0 - level) / 2.0) / math.log(1.0 - promise))
+    if above == 0:
+        return n
+    n = max(n, math.ceil(above / promise))
+    while binomial_interval(above, n, level)[1] > promise:
+        n += 1
+    return n
 
 
 def audit_verdict(recorded: dict[str, Any], confidence_level: float) -> AuditVerdict:

@@ -70,10 +70,11 @@ def test_honest_student_t_predictive_scores_as_honest():
     assert bad["mll_student_t"] < m["mll_student_t"]
 
 
-def test_frames_to_show_a_promise_is_where_clopper_pearson_gets_there():
-    n = frames_to_show(0.05)
-    assert n == 72  # 20 frames, none above K, cannot show a 5 % promise
-    assert binomial_interval(0, n)[1] <= 0.05 < binomial_interval(0, n - 1)[1]
+@pytest.mark.parametrize("above", [0, 1, 3])
+def test_frames_to_show_a_promise_is_where_clopper_pearson_gets_there(above):
+    n = frames_to_show(0.05, above)
+    assert n == 72 or above  # 20 frames, none above K, cannot show a 5 % promise
+    assert binomial_interval(above, n)[1] <= 0.05 < binomial_interval(above, n - 1)[1]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +96,8 @@ def test_audit_verdict_says_only_what_the_frames_show(n, above, inside, status, 
     text = verdict.sentence()
     assert text.startswith(VERDICTS[status]) and f"{above} of {n}" in text and f"{low:.2f}-{high:.2f}" in text
     assert ("72 frames" in text) == (status == "not_shown")
+    more = f"with {above} above K, at least {frames_to_show(0.05, above)}"  # what these frames would need
+    assert (more in text) == (status == "not_shown" and above > 0)
     assert (f"calibration was {calibration}" in text) == (calibration != "consistent")
 
 
