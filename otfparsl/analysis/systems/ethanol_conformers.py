@@ -85,17 +85,20 @@ def analyse(rd: RunDirectory, window_fs: float = WINDOW_FS) -> tuple[dict, objec
         "populations": {c: states.count(c) / len(states) for c in CONFORMERS},
         "transitions": transitions, "dft_calls_near_transitions": test,
     }  # fmt: skip
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.plot(series.frame_time_fs, phi, ".", ms=3, color="0.3", label="H-O-C-C dihedral")
-    for lo, hi, color in ((150, 180, "tab:blue"), (-180, -150, "tab:blue"), (30, 90, "tab:green"), (-90, -30, "tab:orange")):
+    fig, (ax, rug) = plt.subplots(2, 1, sharex=True, figsize=(8, 3.8), gridspec_kw={"height_ratios": [6, 1]})
+    # 0-360 deg, so that anti (180) is one band in the middle, not split at +-180
+    ax.plot(series.frame_time_fs, phi % 360.0, ".", ms=3, color="0.3", label="H-O-C-C dihedral")
+    for lo, hi, color in ((150, 210, "tab:blue"), (30, 90, "tab:green"), (270, 330, "tab:orange")):
         ax.axhspan(lo, hi, color=color, alpha=0.12)
-    for y, name in ((165, "anti"), (60, "gauche+"), (-60, "gauche-")):
-        ax.text(1.01, (y + 180) / 360, name, transform=ax.transAxes, va="center", fontsize=8)
+    for y, name in ((180, "anti"), (60, "gauche+"), (300, "gauche-")):
+        ax.text(1.01, y / 360, name, transform=ax.transAxes, va="center", fontsize=8)
     for t in transitions:
-        ax.axvspan(t["time_fs"] - window_fs, t["time_fs"] + window_fs, color="tab:purple", alpha=0.15)
-    ax.vlines(series.call_times_fs, -180, -165, color="tab:red", label="DFT call")
-    ax.set(xlabel="time (fs)", ylabel="dihedral (deg)", ylim=(-180, 180),
-           title=_title(test, len(transitions)))  # fmt: skip
+        for axis in (ax, rug):
+            axis.axvspan(t["time_fs"] - window_fs, t["time_fs"] + window_fs, color="tab:purple", alpha=0.15)
+    rug.vlines(series.call_times_fs, 0, 1, color="tab:red")
+    ax.set(ylabel="dihedral (deg)", ylim=(0, 360), yticks=range(0, 361, 60), title=_title(test, len(transitions)))
+    rug.set(xlabel="time (fs)", ylim=(0, 1), yticks=[])
+    rug.set_ylabel("DFT\ncalls", rotation=0, ha="right", va="center", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
     return result, fig
 
