@@ -112,7 +112,7 @@ def _summary(record: RunRecord, head: Headline, pretrained: PretrainedErrors | N
                   f"{sum(head.md_steps.values())} step events over {walkers} walker(s) (events.jsonl)"),
         html.card(f"{head.above} of {head.checked}" if head.checked else "none yet",
                   "checked interventions with |error| > K",
-                  (f"95 % CI {low:.2f}-{high:.2f} (Clopper-Pearson), label events; " if head.checked else
+                  (f"95 % CI {low:.2f}-{high:.2f} (Clopper-Pearson), label events. " if head.checked else
                    "no label after the first (label events): no error was measured. ")
                   + "The first label fixes the offset and is not checked. Interventions are where the run was "
                   "unsure: not a held-out measure.",
