@@ -196,14 +196,11 @@ def frames_to_show(promise: float, above: int = 0, level: float = 0.95) -> int:
     """The fewest frames, ``above`` of them above K, whose exact ``level`` interval lies at or
     below ``promise``.
 
-    For none above K the Clopper-Pearson upper end of 0 of n is ``1 - ((1 - level) / 2) ** (1 / n)``;
-    with some above K the upper end falls as n grows, and the first n where it reaches
-    ``promise`` is searched from there.
+    The Clopper-Pearson upper end falls as n grows. The search starts where it can first be
+    met: ``1 - ((1 - level) / 2) ** (1 / n)`` for none above K (where it is met at once), and
+    at least ``above / promise`` frames.
     """
-    n = math.ceil(math.log((1.0 - level) / 2.0) / math.log(1.0 - promise))
-    if above == 0:
-        return n
-    n = max(n, math.ceil(above / promise))
+    n = max(math.ceil(math.log((1.0 - level) / 2.0) / math.log(1.0 - promise)), math.ceil(above / promise))
     while binomial_interval(above, n, level)[1] > promise:
         n += 1
     return n
