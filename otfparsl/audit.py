@@ -34,6 +34,7 @@ from ase import Atoms
 from otfparsl.analysis.metrics import audit_verdict, error_metrics, uncertainty_metrics
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calibration import Calibrator
+from otfparsl.data import read_frames
 from otfparsl.errors import ConfigurationError
 from otfparsl.fileio import atomic_write_text
 from otfparsl.run.directory import RunDirectory, read_events
@@ -74,10 +75,11 @@ def select_frames(rd: RunDirectory, n_frames: int, seed: int) -> list[HeldOutFra
     """
     if n_frames < 1:
         raise ConfigurationError(f"--frames must be >= 1; got {n_frames}.")
-    labelled = {(e["walker"], e["step"]) for e in read_events(rd.events) if e["event"] == "label"}
+    # trained on (label), or already checked while the run ran (heldout): DFT goes to new frames
+    labelled = {(e["walker"], e["step"]) for e in read_events(rd.events) if e["event"] in ("label", "heldout")}
     candidates = []
     for path in sorted(rd.path.glob("trajectory*.extxyz")):
-        for atoms in ase.io.read(path, ":"):
+        for atoms in read_frames(path):  # a torn last frame (a crash) is left out
             key = (int(atoms.info["walker"]), int(atoms.info["step"]))
             if not atoms.info["intervened"] and key not in labelled:
                 candidates.append(HeldOutFrame(*key, float(atoms.info["time_fs"]), atoms))

@@ -1,4 +1,4 @@
-"""The ``otfparsl`` command: run, resume, validate, audit, md, report, sites check."""
+"""The ``otfparsl`` command: run, resume, validate, audit, md, report, unlock, sites check."""
 
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ def main(
 
 @contextlib.contextmanager
 def _user_errors():
-    """Turn otfparsl errors into one clear line (traceback only with --debug)."""
+    """Turn otfparsl errors, and a full disk anywhere, into one clear line (traceback only with --debug)."""
+    from otfparsl.fileio import FULL_ERRNOS, disk_full_error
+
     try:
         yield
-    except OtfparslError as exc:
-        if _state["debug"]:
+    except (OtfparslError, OSError) as caught:
+        if _state["debug"] or (not isinstance(caught, OtfparslError) and caught.errno not in FULL_ERRNOS):
             raise
+        exc = caught if isinstance(caught, OtfparslError) else disk_full_error(caught.filename, caught)
         message = " ".join(str(exc).split())  # one line, whatever the library's message looked like
         console.print(f"[bold red]error:[/] {type(exc).__name__}: {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -86,22 +89,24 @@ def run(
     site: Annotated[Path | None, typer.Option(help="Parsl site profile (sites/X.py); default: this machine (chain worker processes, DFT in a thread).")] = None,
     site_option: Annotated[list[str] | None, typer.Option("--site-option", help="key=value for the site profile.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME).")] = None,
-    restart_from_scratch: Annotated[bool, typer.Option(help="Delete an existing run in the run directory and start over.")] = False,
+    restart_from_scratch: Annotated[bool, typer.Option(help="Start over: move an existing run in the run directory to RUN_DIR.trash-DATE first (only a run directory is accepted).")] = False,
 ) -> None:
     """Run on-the-fly fine-tuning MD as RUN_YAML says (an existing run in the run directory is resumed)."""
-    from otfparsl.preflight import check_run
+    from otfparsl.preflight import check_run, check_run_dir_writable
     from otfparsl.run.directory import RunDirectory
     from otfparsl.settings import RunSettings
-    from otfparsl.workflow.driver import check_same_run, default_run_dir
+    from otfparsl.workflow.driver import check_run_dir, check_same_run, default_run_dir
     from otfparsl.workflow.driver import run as run_otf
 
     with _user_errors():
         settings = RunSettings.from_yaml(run_yaml)
         target = run_dir or default_run_dir(settings)
-        check_run(settings.resolve_paths(Path.cwd()))  # before anything starts or is written
+        check_run_dir_writable(target)  # permissions and free space, before anything starts
+        check_run_dir(target, settings, restart_from_scratch, run_yaml=run_yaml)  # never the user's files
+        atoms = check_run(settings.resolve_paths(Path.cwd()))  # before anything starts or is written
         resuming = (target / "run.yaml").is_file() and not restart_from_scratch
         if resuming:
-            check_same_run(RunDirectory(target), settings.resolve_paths(Path.cwd()))
+            check_same_run(RunDirectory(target), settings.resolve_paths(Path.cwd()), atoms)
         with _ReportOnExit(target) as report:
             with _submitter(site, site_option or [], target, "run") as submitter, _progress(settings) as on_step:
                 report.arm()
@@ -167,6 +172,55 @@ def report(
     console.print(f"report written: {index}")
 
 
+@app.command()
+def unlock(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove the lock file and its holder's record (refused while its process runs).")
+    ] = False,
+) -> None:
+    """Show who holds a run directory's lock; with --force, remove a lock left by a job that has ended."""
+    from otfparsl.errors import ConfigurationError
+    from otfparsl.run.lock import force_unlock, lock_status
+
+    where = repr(str(run_dir))
+    with _user_errors():
+        if not run_dir.is_dir():
+            raise ConfigurationError(f"run directory {where} does not exist or is not a directory; give the run directory whose lock to show")
+        status = force_unlock(run_dir) if force else lock_status(run_dir)
+    if status is None:
+        typer.echo(f"run directory {where} is not locked: nothing to do")
+    elif force:
+        console.print(
+            f"[bold yellow]warning:[/] removed the lock of run directory {where}, held by {status.holder_text()}; "
+            "if that process still runs, it and the next command will both write this run directory",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    else:
+        typer.echo(f"run directory {where} is locked by {status.holder_text()}")
+        typer.echo(_unlock_advice(status, run_dir))
+
+
+def _unlock_advice(status, run_dir: Path) -> str:
+    """What ``otfparsl unlock`` without --force says about a lock (a :class:`LockStatus`)."""
+    import shlex
+
+    from otfparsl.run.lock import this_host
+
+    force = f"`otfparsl unlock {shlex.quote(str(run_dir))} --force`"
+    holder = status.holder
+    if status.alive and holder is not None and holder.host == this_host():
+        return f"pid {holder.pid} on this host is running: stop it first ({force} refuses while it runs)"
+    if status.alive:
+        return f"a running process holds the lock: stop it first ({force} refuses while it is held)"
+    if status.alive is False:
+        return (f"that process is no longer running: the next command on this run directory takes the lock over "
+                f"by itself (with a warning); {force} would remove it now")  # fmt: skip
+    why = "its record is unreadable" if holder is None else f"this host ({this_host()}) cannot tell whether that process still runs"
+    return (f"{why}: once you are sure that job has ended (e.g. with `squeue` or `sacct`), {force} removes the "
+            "lock file and its record, and the next command takes the run directory")  # fmt: skip
+
+
 class _ReportOnExit:
     """Write the run's report when a command ends, however it ends (done, error, Ctrl-C).
 
@@ -198,7 +252,8 @@ def _write_report_quietly(run_dir: Path) -> None:
         index = write_report(run_dir)
     except Exception as exc:  # the run's own outcome comes first
         logging.getLogger(__name__).warning("the report of %s was not written: %s: %s", run_dir, type(exc).__name__, exc)
-        console.print(f"[yellow]report not written[/]: {type(exc).__name__}: {exc}", highlight=False)
+        message = " ".join(str(exc).split())
+        console.print(f"[yellow]report not written[/]: {type(exc).__name__}: {message}", highlight=False, soft_wrap=True)
         return
     console.print(f"report written: {index}", highlight=False)
 
@@ -325,7 +380,8 @@ def _progress(settings):
             done[info.walker] = info.step + 1  # a resumed run starts where it stopped
             status = (
                 f"t={info.time_fs:7.1f} fs  T={info.temperature_K:6.1f} K  DFT={info.n_labels:3d}  "
-                f"conf={info.confidence:.3f}  gen={info.generation}"
+                f"conf={info.confidence:.3f}  gen={info.generation}  "
+                f"held-out: {info.heldout_above} of {info.heldout_checked} above K"
             )
             progress.update(task, completed=sum(done.values()), status=status)
 
@@ -380,6 +436,18 @@ def _opt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _heldout_line(checks: dict) -> str:
+    """The run's own held-out checks in one line (summary.json's ``heldout_in_run``)."""
+    if not checks.get("frames"):
+        return "no held-out check made (heldout.labels: 0, or the run ended before the first)"
+    low, high = checks["fraction_above_threshold_ci95"]
+    return (
+        f"{checks['above_threshold']} of {checks['frames']} in-run held-out checks above K (95% CI "
+        f"{low:.2f}-{high:.2f}), rms z {checks['rms_z_calibrated']:.2f}, coverage {checks['coverage_95']:.2f}: "
+        f"{checks['verdict']}"
+    )
+
+
 def _print_summary(summary: dict) -> None:
     from rich.table import Table
 
@@ -389,6 +457,10 @@ def _print_summary(summary: dict) -> None:
     for key, value in summary.items():
         if key == "fraction_above_threshold_ci95":
             continue
+        if key == "heldout_in_run":
+            value = _heldout_line(value)
+        if key == "heldout_audit" and isinstance(value, dict):
+            value = f"{value['above_threshold']} of {value['frames']} held-out frames above K: {value['verdict']}"
         if key == "fraction_above_threshold":
             value = (
                 f"{summary['interventions_above_threshold']} of {checked} checked interventions "

@@ -59,5 +59,21 @@ class SamplerDiverged(OtfparslError):
     """A Markov chain produced NaN or inf in its weights or its loss."""
 
 
+class NonFinitePrediction(OtfparslError):
+    """The ensemble predicted NaN or inf at an MD step and DFT could not label that step.
+
+    MD cannot continue from a non-finite force, so the run stops; its last checkpoint (before
+    that step) stays valid for ``otfparsl resume``.
+    """
+
+
 class SiteError(OtfparslError):
     """A Parsl site profile is missing, malformed or cannot start."""
+
+
+class DiskFull(OtfparslError, OSError):
+    """A run file could not be written: the disk, the quota or the file-size limit is full.
+
+    The message names the file and the free space; what was committed before (the last
+    checkpoint) is intact, and the run continues with ``otfparsl resume`` once there is space.
+    """

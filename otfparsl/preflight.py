@@ -12,13 +12,21 @@ Every check raises a :class:`~otfparsl.errors.OtfparslError` whose message names
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
-from otfparsl.errors import ConfigurationError
-from otfparsl.from_settings import model_spec, segment_from_settings
+from otfparsl.errors import ConfigurationError, OtfparslError
+from otfparsl.from_settings import (
+    make_calibrator,
+    model_spec,
+    sampler_config,
+    segment_from_settings,
+)
 from otfparsl.labelers import make_labeler
 from otfparsl.models import cached_adapter
 from otfparsl.settings import LabelerSettings, MDSettings, ModelSettings, RunSettings
@@ -28,11 +36,14 @@ from otfparsl.structures import check_structure, read_structure, to_atoms
 def check_run(settings: RunSettings, structure: Atoms | None = None) -> Atoms:
     """Check every input of a run that can be checked here; return the starting structure.
 
-    The checks run in this order: the structure (readable, atoms, periodicity, overlaps), the
-    model (torch device, elements it knows), the temperature programme against the structure
-    (NPT needs a fully periodic triangular cell), the labeller built from ``labeler.options``
-    and from every retry override, and the labeller's own ``check_structure`` (PySCF:
-    molecules with a consistent charge and spin; VASP: periodic cells). Nothing is written.
+    The checks run in this order: the structure (readable, one frame or a named one,
+    atoms, periodicity, overlaps), the model (torch device, elements it knows), the SGHMC
+    sampler configuration and the calibrator built as the run builds them (with the family's
+    defaults), the temperature programme against the structure (NPT needs a fully periodic
+    triangular cell), the labeller built from ``labeler.options`` and from every retry
+    override, and the labeller's own ``check_structure`` (PySCF: molecules with a consistent
+    charge and spin, a basis for every element; VASP: periodic cells). Nothing is written;
+    the run directory is checked apart (:func:`check_run_dir_writable`).
 
     Parameters
     ----------
@@ -58,6 +69,7 @@ def check_run(settings: RunSettings, structure: Atoms | None = None) -> Atoms:
         else read_structure(settings.structure)
     )
     check_model(settings.model, atoms)
+    check_sampler_and_calibrator(settings)
     check_md(settings.md, atoms)
     if any(seg.ensemble == "npt" for seg in settings.md.segments):
         adapter = cached_adapter(model_spec(settings.model))
@@ -74,6 +86,34 @@ def check_model(model: ModelSettings, atoms: Atoms) -> None:
     if model.chain_device != "auto":
         _check_device("model.chain_device", model.chain_device, must_exist_here=False)
     cached_adapter(model_spec(model)).check_atoms(atoms)
+
+
+def check_sampler_and_calibrator(settings: RunSettings) -> None:
+    """Build the sampler configuration and the calibrator as the run will (family defaults filled).
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the section (``bayes``, ``calibration``) of whatever they refuse; an error that
+        is not an otfparsl error becomes a ConfigurationError too.
+    """
+    defaults = cached_adapter(model_spec(settings.model)).defaults
+    builds: list[tuple[str, Callable[[], object]]] = [
+        ("bayes", lambda: sampler_config(settings.bayes, defaults)),
+        ("calibration", lambda: make_calibrator(settings, defaults)),
+    ]
+    for where, build in builds:
+        try:
+            build()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        except OtfparslError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other refusal is a bad setting too
+            raise ConfigurationError(
+                f"{where}: the settings (with the {settings.model.family} family's defaults) were "
+                f"refused: {type(exc).__name__}: {exc}; fix the {where} section of the run YAML"
+            ) from None
 
 
 def _check_device(where: str, value: str, must_exist_here: bool) -> None:
@@ -164,3 +204,42 @@ def check_labeler_environments(labeler: LabelerSettings, symbols: Iterable[str])
             check_labeler_environment(labeler.kind, options, symbols)
         except ConfigurationError as exc:
             raise ConfigurationError(f"{where}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- run directory
+#: Free space (MB) the file system of a run directory must have before a run starts.
+MIN_FREE_MB = 10.0
+
+
+def check_run_dir_writable(path: str | os.PathLike, min_free_mb: float = MIN_FREE_MB) -> None:
+    """Check that the run directory (or its nearest existing parent) can be written.
+
+    Nothing is created. The run directory, or the nearest of its parents that exists, must be a
+    directory this process may write into, on a file system with at least ``min_free_mb`` MB
+    free.
+
+    Raises
+    ------
+    ConfigurationError
+        With the folder, what is wrong and how to fix it.
+    """
+    target = Path(path).absolute()
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path(target.anchor))
+    what = "the run directory" if existing == target else "its nearest existing parent"
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"run directory {str(target)!r} cannot be created: {what}, {str(existing)!r}, is a "
+            "file, not a folder; choose another run_dir (or --run-dir)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            f"run directory {str(target)!r} cannot be written: {what}, {str(existing)!r}, is not "
+            "writable by this user; choose another run_dir (or --run-dir) or fix its permissions"
+        )
+    free_mb = shutil.disk_usage(existing).free / 1e6
+    if free_mb < min_free_mb:
+        raise ConfigurationError(
+            f"run directory {str(target)!r}: its file system has {free_mb:.1f} MB free, a run "
+            f"needs at least {min_free_mb:g} MB (trajectory, chain files, DFT outputs); free "
+            "some space or choose another run_dir (or --run-dir)"
+        )

@@ -25,6 +25,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from otfparsl.analysis.msd import msd_by_element
+from otfparsl.data import read_frames
 from otfparsl.errors import ConfigurationError
 from otfparsl.from_settings import programme
 from otfparsl.md import TemperatureProgramme
@@ -42,7 +43,7 @@ def starting_structure(rd: RunDirectory, start: str) -> Atoms:
     if start == "last":
         if not rd.trajectory.is_file():
             raise ConfigurationError(f"{rd.trajectory} does not exist; use --start initial or a structure file")
-        frame = ase.io.read(rd.trajectory, index=-1, format="extxyz")
+        frame = read_frames(rd.trajectory)[-1]  # the last whole frame
         return Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
     if start == "initial":
         return read_structure(rd.path / "structure.extxyz")

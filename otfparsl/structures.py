@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,34 +15,95 @@ from ase import Atoms
 
 from otfparsl.errors import ConfigurationError
 
+logger = logging.getLogger(__name__)
+
 #: Two atoms closer than this (Å) are treated as overlapping input.
 MIN_DISTANCE_A = 0.5
+
+_FRAME_SELECTOR = re.compile(r"^(?P<file>.+)@(?P<frame>[+-]?\d+)$")
+
+
+def split_frame(spec: str | os.PathLike) -> tuple[Path, int | None]:
+    """Split ``FILE@N`` into the file and the frame index N (None without a selector).
+
+    A path that exists as written is a file, even if its name ends in ``@N``.
+    """
+    text = os.fspath(spec)
+    match = _FRAME_SELECTOR.match(text)
+    if match is None or Path(text).is_file():
+        return Path(text), None
+    return Path(match["file"]), int(match["frame"])
 
 
 def read_structure(path: str | os.PathLike) -> Atoms:
     """Read a structure file (extxyz, xyz, CIF, POSCAR, ...) with ASE, then pymatgen.
 
+    Parameters
+    ----------
+    path
+        The file, optionally with a frame selector: ``traj.extxyz@-1`` (the last frame) or
+        ``traj.extxyz@N`` (frame N, from 0). A file with several frames needs one; a file
+        with one frame is read as it is. Momenta (velocities) in the file are kept.
+
     Raises
     ------
     ConfigurationError
-        When the file does not exist or neither reader can parse it.
+        When the file does not exist, neither reader can parse it, it holds several frames
+        and none is named, or the named frame does not exist.
     """
-    path = Path(path)
+    path, frame = split_frame(path)
     if not path.is_file():
         raise ConfigurationError(f"structure file {str(path)!r} does not exist; check the path")
+    frames = _read_frames(path)
+    n = len(frames)
+    if n == 0:
+        raise ConfigurationError(f"structure file {str(path)!r} holds no structure; check the file")
+    if frame is None and n > 1:
+        raise ConfigurationError(
+            f"structure file {str(path)!r} holds {n} frames; name the one to start from: "
+            f"structure: {path.name}@-1 (the last) or {path.name}@N (N from 0 to {n - 1})"
+        )
+    frame = 0 if frame is None else frame
+    if not -n <= frame < n:
+        raise ConfigurationError(
+            f"frame {frame} of structure file {str(path)!r} does not exist: it holds {n} "
+            f"frame(s); use @N with N from {-n} to {n - 1} (@-1: the last)"
+        )
+    return check_structure(to_atoms(frames[frame]))
+
+
+def _read_frames(path: Path) -> list[Atoms]:
+    """Every frame of ``path``: ASE's readers first, then pymatgen's (one frame)."""
     import ase.io
 
     try:
-        atoms = ase.io.read(path)
+        frames = ase.io.read(path, index=":")
     except Exception as ase_error:  # noqa: BLE001 - fall back to pymatgen's readers
         try:
-            atoms = _read_with_pymatgen(path)
+            return [_read_with_pymatgen(path)]
         except Exception:  # noqa: BLE001
             raise ConfigurationError(
                 f"cannot read structure file {str(path)!r}: {ase_error}. "
                 "Use a format ASE or pymatgen reads (extxyz, xyz, CIF, POSCAR)"
             ) from None
-    return check_structure(to_atoms(atoms))
+    return [frames] if isinstance(frames, Atoms) else list(frames)
+
+
+def keep_input_velocities(atoms: Atoms, walker: int = 0) -> bool:
+    """Return True (and log it) when ``atoms`` carries nonzero momenta to start MD from.
+
+    A structure file with velocities (extxyz ``momenta``, e.g. the last frame of an earlier
+    trajectory) continues from them; without, the caller draws Maxwell-Boltzmann velocities.
+    """
+    if not atoms.has("momenta") or not np.any(atoms.get_momenta()):
+        return False
+    logger.warning(
+        "walker %d starts from the velocities of the input structure (%.1f K, %s), not from "
+        "velocities drawn at the first segment's temperature; remove the momenta from the "
+        "structure file to draw them",
+        walker, atoms.get_temperature(), atoms.get_chemical_formula(),
+    )  # fmt: skip
+    return True
 
 
 def to_atoms(structure: Any) -> Atoms:

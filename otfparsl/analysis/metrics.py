@@ -232,3 +232,48 @@ def audit_verdict(recorded: dict[str, Any], confidence_level: float) -> AuditVer
         low_c, high_c = binomial_interval(inside, n)
         calibration = "overconfident" if high_c < 0.95 else "underconfident" if low_c > 0.95 else "consistent"
     return AuditVerdict(status, n, above, promise, (low, high), frames_to_show(promise), calibration, inside)
+
+
+def heldout_figures(scores: Sequence[dict[str, Any]], threshold: float, confidence_level: float) -> dict[str, Any]:
+    """The in-run held-out checks' figures: what ``otfparsl audit`` reports, on the run's own checks.
+
+    Parameters
+    ----------
+    scores
+        The ``heldout`` events of ``events.jsonl`` (``error_eV``, ``energy_std``,
+        ``energy_scale_eV``, ``dof``, ``confidence`` each).
+    threshold
+        K, eV.
+    confidence_level
+        The run's ``calibration.confidence``.
+
+    Returns
+    -------
+    dict
+        ``frames``, ``above_threshold``, ``fraction_above_threshold`` with its exact 95 %
+        interval, ``rms_z_calibrated``, ``coverage_95``, ``n_inside_95``, ``energy_rmse_eV``,
+        ``spearman_std_abs_error`` and the :func:`audit_verdict` (``status``, ``headline``,
+        ``detail`` and the whole sentence, ``verdict``); ``frames`` 0 and no other figure before the first check.
+    """
+    if not scores:
+        return {"frames": 0, "verdict": "no held-out check yet"}
+    errors = np.array([s["error_eV"] for s in scores], dtype=float)
+    std = np.array([s["energy_std"] for s in scores], dtype=float)
+    recorded = {
+        **error_metrics(errors, threshold),
+        **uncertainty_metrics(errors, std, np.array([s["energy_scale_eV"] for s in scores], dtype=float),
+                              np.array([s["dof"] for s in scores], dtype=float), threshold),
+    }  # fmt: skip
+    verdict = audit_verdict(recorded, confidence_level)
+    varied = errors.size > 2 and np.ptp(std) > 0 and np.ptp(np.abs(errors)) > 0  # else rho is undefined
+    rho = stats.spearmanr(std, np.abs(errors)).statistic if varied else float("nan")
+    return {
+        "frames": recorded["n_frames"], "above_threshold": recorded["n_above_threshold"],
+        "fraction_above_threshold": recorded["fraction_above_threshold"],
+        "fraction_above_threshold_ci95": recorded["fraction_above_threshold_ci95"],
+        "rms_z_calibrated": recorded["rms_z_calibrated"], "coverage_95": recorded["coverage_95"],
+        "n_inside_95": recorded["n_inside_95"], "energy_rmse_eV": recorded["energy_rmse_eV"],
+        "spearman_std_abs_error": None if not np.isfinite(rho) else float(rho),
+        "status": verdict.status, "headline": verdict.headline, "detail": verdict.detail(),
+        "verdict": verdict.sentence(),
+    }  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 from otfparsl.analysis.metrics import binomial_interval
 from otfparsl.calibration import Calibrator
 from otfparsl.errors import ConfigurationError
-from otfparsl.run.directory import RunDirectory
+from otfparsl.run.directory import RunDirectory, read_event_file
 from otfparsl.run.final_model import final_calibration
 from otfparsl.settings import RunSettings
 
@@ -42,6 +42,8 @@ class RunRecord:
         ``run.yaml`` (the fully resolved settings the run was made with).
     steps, labels, updates, failures
         The ``step``, ``label``, ``update`` and ``label_failed`` events of ``events.jsonl``.
+    heldout
+        Its ``heldout`` events: the in-run held-out checks (otfparsl/learning/heldout.py).
     calibration
         ``calibration.json`` (Gamma prior, S, n, energy offset), or None before the first label.
     summary
@@ -51,7 +53,8 @@ class RunRecord:
     audit
         ``audit/audit.json`` (``otfparsl audit``), or None when the run was not audited.
     skipped_lines
-        Lines of ``events.jsonl`` that were not valid JSON (a line cut by a crash).
+        Lines of ``events.jsonl`` that were not valid JSON: 1 when a crash or a full disk cut its
+        last line, else 0 (a damaged line before the last one is an error).
     """
 
     rd: RunDirectory
@@ -65,6 +68,7 @@ class RunRecord:
     checkpoint: dict | None
     audit: dict | None
     skipped_lines: int = 0
+    heldout: list[dict] = field(default_factory=list)
     _by_key: dict[tuple[int, int], dict] = field(default_factory=dict, repr=False)
 
     @property
@@ -124,7 +128,7 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
             "events.jsonl); give the directory of a run made by `otfparsl run`."
         )
     events, skipped = _read_events(rd.events)
-    by_kind: dict[str, list[dict]] = {"step": [], "label": [], "update": [], "label_failed": []}
+    by_kind: dict[str, list[dict]] = {"step": [], "label": [], "update": [], "label_failed": [], "heldout": []}
     for event in events:
         by_kind.setdefault(event.get("event", ""), []).append(event)
     steps = by_kind["step"]
@@ -143,21 +147,15 @@ def read_run(run_dir: str | os.PathLike) -> RunRecord:
         ),
         audit=_read_json(rd.audit / "audit.json"),
         skipped_lines=skipped,
+        heldout=by_kind["heldout"],
         _by_key={(s["walker"], s["step"]): s for s in steps},
     )
 
 
 def _read_events(path: Path) -> tuple[list[dict], int]:
-    events, skipped = [], 0
-    with open(path) as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                skipped += 1
-    return events, skipped
+    """The events and the number of lines skipped: 1 when a crash cut the last line, else 0."""
+    events, torn_at = read_event_file(path)
+    return events, int(torn_at is not None)
 
 
 def _read_json(path: Path) -> dict | None:

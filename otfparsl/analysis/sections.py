@@ -8,7 +8,7 @@ import math
 from otfparsl.analysis import page as html
 from otfparsl.analysis.audit_figures import AUDIT_NAMES
 from otfparsl.analysis.figures import time_unit
-from otfparsl.analysis.metrics import audit_verdict
+from otfparsl.analysis.metrics import audit_verdict, heldout_figures
 from otfparsl.analysis.pretrained import PretrainedErrors
 from otfparsl.analysis.run_record import (
     Headline,
@@ -122,6 +122,7 @@ def _summary(record: RunRecord, head: Headline, pretrained: PretrainedErrors | N
         n = sum(abs(pretrained.errors_eV.get((lb["walker"], lb["step"]), 0.0)) > record.threshold_eV for lb in record.labels[1:])
         cards.append(html.card(f"{n} of {head.checked}", "where the pretrained model would have been above K",
                                f"{pretrained.model} at the same labelled structures (labels.extxyz), computed by this report"))  # fmt: skip
+    cards.append(_heldout_card(record))
     cards.append(_audit_card(record, promise))
     if split is not None:
         cards.append(html.card(_duration(split.wall_s), "wall time", f"{split.basis}; split at the end of the page"))
@@ -134,6 +135,25 @@ def _summary(record: RunRecord, head: Headline, pretrained: PretrainedErrors | N
             f"<code>otfparsl audit {html.esc(record.rd.path)}</code>.", bad=True,
         )  # fmt: skip
     return out
+
+
+def _heldout_card(record: RunRecord) -> str:
+    """The run's own held-out checks: MD steps drawn at random, labelled, scored before use."""
+    calibration = record.settings.calibration
+    checks = heldout_figures(record.heldout, calibration.energy_threshold_eV, calibration.confidence)
+    if not checks["frames"]:
+        why = ("heldout.labels is 0" if record.settings.heldout.labels == 0
+               else "the run has not reached its first drawn step")  # fmt: skip
+        return html.card("none yet", "in-run held-out checks above K", f"no heldout event in events.jsonl ({why})", "warn")
+    kind = {"kept": "", "not_shown": "warn", "exceeded": "bad", "broken": "bad"}[checks["status"]]
+    return html.card(
+        f"{checks['above_threshold']} of {checks['frames']}",
+        f"in-run held-out checks above K: {checks['headline']}",
+        f"{checks['detail']} heldout events: MD steps drawn at random (not chosen by "
+        f"the rule), labelled by DFT and scored before use, never trained on; rms z "
+        f"{html.fmt(checks['rms_z_calibrated'], 3)}, coverage of the 95 % interval {html.fmt(checks['coverage_95'], 3)}",
+        kind,
+    )  # fmt: skip
 
 
 def _audit_card(record: RunRecord, promise: float) -> str:

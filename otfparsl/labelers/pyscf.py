@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,46 @@ def _import_pyscf() -> Any:
             package="pyscf", extra="dft", feature="The PySCF labeler"
         ) from exc
     return gto, dft, scf
+
+
+def elements_without_basis(
+    basis: Any, symbols: Iterable[str], load: Callable[[str, str], Any] | None = None
+) -> list[str]:
+    """Return the elements of ``symbols`` that ``basis`` does not cover, by PySCF's own loader.
+
+    Parameters
+    ----------
+    basis
+        A basis name (``"6-31g"``) or a mapping element -> name (``"default"`` for the rest),
+        as ``Mole.basis``; explicit basis data (not a name) is left to PySCF.
+    symbols
+        Chemical symbols (repeats allowed).
+    load
+        ``load(name, symbol)`` raising for an element the basis lacks; default
+        ``pyscf.gto.basis.load`` (``pyscf.pbc.gto.basis.load`` for GTH bases).
+
+    Notes
+    -----
+    Reads the basis file of each element once (milliseconds); no molecule is built.
+    """
+    if load is None:
+        from pyscf.gto import basis as pyscf_basis
+
+        load = pyscf_basis.load
+    missing = []
+    for symbol in sorted(set(symbols)):
+        name = basis.get(symbol, basis.get("default")) if isinstance(basis, Mapping) else basis
+        if not isinstance(name, str):
+            if name is None:
+                missing.append(symbol)
+            continue
+        try:
+            with warnings.catch_warnings():  # PySCF suggests basis-set-exchange for what it lacks
+                warnings.simplefilter("ignore", UserWarning)
+                load(name, symbol)
+        except (RuntimeError, KeyError, ValueError, AssertionError):  # BasisNotFoundError too
+            missing.append(symbol)
+    return missing
 
 
 @dataclass(frozen=True)
@@ -126,7 +167,11 @@ class PySCFLabeler:
         return mf.newton() if self.second_order else mf
 
     def check_structure(self, atoms: Atoms) -> None:
-        """Raise ConfigurationError unless ``atoms`` is a molecule whose charge and spin fit."""
+        """Raise ConfigurationError unless ``atoms`` is a molecule whose charge and spin fit.
+
+        Where pyscf is installed, also check that ``basis`` covers every element (where it is
+        not, :meth:`check_environment` on the DFT worker reports the missing package).
+        """
         if np.any(atoms.pbc):
             raise ConfigurationError(
                 f"the 'pyscf' labeller handles molecules only; the structure has "
@@ -148,11 +193,24 @@ class PySCFLabeler:
                 f"({atoms.get_chemical_formula()}, charge={self.charge}); allowed: {allowed}; "
                 "fix labeler.options.spin or labeler.options.charge"
             )
+        if importlib.util.find_spec("pyscf") is not None:
+            self._check_basis(atoms.get_chemical_symbols())
+
+    def _check_basis(self, symbols: Iterable[str]) -> None:
+        missing = elements_without_basis(self.basis, symbols)
+        if missing:
+            raise ConfigurationError(
+                f"basis={self.basis!r} has no functions for element(s) {missing} in PySCF's "
+                "basis library (or PySCF does not know that basis); choose a basis that covers "
+                "every element of the structure (e.g. 'def2-svp': H to Rn), or give "
+                "labeler.options.basis as a mapping element -> basis"
+            )
 
     def check_environment(self, symbols: Iterable[str]) -> None:
-        """Raise MissingDependencyError when pyscf cannot be imported here."""
+        """Raise unless pyscf imports here and ``basis`` covers every element of ``symbols``."""
         if importlib.util.find_spec("pyscf") is None:
             raise MissingDependencyError("pyscf", "dft", "The PySCF labeler")
+        self._check_basis(symbols)
 
     def label(self, atoms: Atoms, workdir: Path) -> Atoms:
         """Return a copy of the molecule with PySCF energy (eV) and forces (eV/Å).

@@ -164,7 +164,10 @@ class PySCFPeriodicLabeler:
 
     # ------------------------------------------------------------------ checks
     def check_structure(self, atoms: Atoms) -> None:
-        """Raise ConfigurationError unless ``atoms`` is a 3D-periodic closed-shell cell."""
+        """Raise ConfigurationError unless ``atoms`` is a 3D-periodic closed-shell cell.
+
+        Where pyscf is installed, also check that ``basis`` and ``pseudo`` cover every element.
+        """
         if not is_periodic(atoms):
             raise ConfigurationError(
                 f"the 'pyscf_pbc' labeller needs a cell periodic in all three directions; the "
@@ -185,6 +188,8 @@ class PySCFPeriodicLabeler:
                 "(sum of Z minus the charge; GTH cores hold an even number). Use a cell with "
                 "an even electron count, or fix labeler.options.charge"
             )
+        if importlib.util.find_spec("pyscf") is not None:  # else check_environment says so
+            self._check_basis_and_pseudo(atoms.get_chemical_symbols())
 
     def check_environment(self, symbols: Iterable[str]) -> None:
         """Raise unless PySCF imports, ``xc`` has a stress and every element has basis and pseudo.
@@ -199,6 +204,10 @@ class PySCFPeriodicLabeler:
         if importlib.util.find_spec("pyscf") is None:
             raise MissingDependencyError("pyscf", "dft", "The periodic PySCF labeler ('pyscf_pbc')")
         self._check_xc()
+        self._check_basis_and_pseudo(symbols)
+
+    def _check_basis_and_pseudo(self, symbols: Iterable[str]) -> None:
+        """Raise ConfigurationError for an element without ``basis`` or ``pseudo`` (milliseconds)."""
         from pyscf.lib.exceptions import BasisNotFoundError
         from pyscf.pbc.gto import basis, pseudo
 

@@ -18,8 +18,9 @@ import numpy as np
 from ase import Atoms
 
 from otfparsl.data import LabelledDataset
-from otfparsl.errors import ConfigurationError
+from otfparsl.errors import ConfigurationError, NonFinitePrediction
 from otfparsl.jsonable import plain
+from otfparsl.learning.heldout import HeldOutPlan, HeldOutScore, HeldOutTally
 from otfparsl.learning.oracle import Oracle
 from otfparsl.learning.posterior import Posterior, divergence_events
 from otfparsl.learning.rule import Decision, DecisionRule
@@ -43,6 +44,7 @@ class StepOutcome:
     intervened: bool
     generation: int
     label_failed: bool = False
+    heldout: bool = False  # a held-out DFT check was made at this step (MD used the prediction)
     record: dict = field(default_factory=dict)
     energy_scale_eV: float = float("nan")
     dof: float = float("nan")
@@ -62,6 +64,7 @@ class LearnerState:
     n_labels: int
     consecutive_failures: int
     timers: dict[str, float]
+    heldout: dict = field(default_factory=lambda: HeldOutTally().as_dict())
 
     def as_dict(self) -> dict:
         """Return the state as a plain dict."""
@@ -83,14 +86,19 @@ class Learner:
         The labelled data set (``labels.extxyz``).
     events
         Receives one dict per label, update and anomaly.
+    heldout
+        Which MD steps get a held-out DFT check (:mod:`otfparsl.learning.heldout`), and the
+        data set their labels go to (never the training set); None: no checks.
     """
 
     def __init__(
         self, posterior: Posterior, rule: DecisionRule, oracle: Oracle, dataset: LabelledDataset,
-        events: EventFn = lambda event: None,
+        events: EventFn = lambda event: None, heldout: tuple[HeldOutPlan, LabelledDataset] | None = None,
     ) -> None:  # fmt: skip
         self.posterior, self.rule, self.oracle, self.dataset = posterior, rule, oracle, dataset
         self._events = events
+        self.heldout_plan, self.heldout_set = heldout if heldout is not None else (None, None)
+        self.heldout = HeldOutTally()
         self.busy: set[int] = set()  # walkers inside an intervening MD step (not checkpointable)
         self._data_lock = threading.Lock()
 
@@ -101,10 +109,13 @@ class Learner:
         if not decision.finite:
             self._non_finite(step, walker)
         if not decision.needs_dft:
-            return self._outcome(prediction, prediction, decision, intervened=False)
+            checked = self._check_heldout(atoms, prediction, decision, step, walker)
+            return self._outcome(prediction, prediction, decision, intervened=False, heldout=checked)
         with self._data_lock:
             self.busy.add(walker)  # released by the checkpointer once the step is recorded
         labelled = self.oracle.label(atoms, step, walker)
+        if labelled is None and not decision.finite:
+            raise NonFinitePrediction(_non_finite_message(step, walker))
         if labelled is None:  # skipped: MD goes on with the ensemble
             return self._outcome(prediction, prediction, decision, intervened=True, label_failed=True)
         record, n_labels = self._learn(labelled, prediction, decision, step, walker)
@@ -130,6 +141,38 @@ class Learner:
                 }
             )  # fmt: skip
             return record, len(self.dataset)
+
+    def _check_heldout(self, atoms: Atoms, prediction: dict, decision: Decision, step: int, walker: int) -> bool:
+        """Label a held-out step and score what the run claimed there (MD keeps the prediction).
+
+        Returns True when DFT was called (the step is then checkpointed like an intervention).
+        """
+        if self.heldout_plan is None or not self.rule.has_reference or not self.heldout_plan.selects(walker, step):
+            return False
+        with self._data_lock:
+            self.busy.add(walker)  # released by the checkpointer once the step is recorded
+        labelled = self.oracle.label(atoms, step, walker)
+        if labelled is None:  # skipped like any failed label; nothing is scored
+            return True
+        e_dft = float(labelled.get_potential_energy())
+        score = HeldOutScore.score(
+            step, walker, float(prediction["energy"]), e_dft + self.rule.energy_offset_eV,
+            float(prediction["energy_std"]), decision.energy_scale_eV, decision.dof, decision.confidence,
+            self.rule.calibrator.energy_threshold_eV,
+        )  # fmt: skip
+        with self._data_lock:
+            self.heldout.add(score)
+            _store_prediction(labelled, prediction, decision.confidence, step, walker, self.generation)
+            labelled.info.update(error_eV=score.error_eV, energy_scale_eV=score.energy_scale_eV, dof=score.dof)
+            self.heldout_set.append(labelled)
+            self._events(
+                {
+                    "event": "heldout", **score.as_dict(), "energy_dft": e_dft,
+                    "generation": self.generation, "seconds": float(labelled.info.get("label_seconds", float("nan"))),
+                    "tally": self.heldout.as_dict(),
+                }
+            )  # fmt: skip
+        return True
 
     def _update_chains(self, n_labels: int) -> None:
         update = self.posterior.update(n_labels, self.rule.energy_offset_eV, self._count_labels)
@@ -195,6 +238,7 @@ class Learner:
             energy_offset_eV=self.rule.energy_offset_eV, generation=self.posterior.generation,
             labels_in_ensemble=self.posterior.labels_seen, n_labels=len(self.dataset),
             consecutive_failures=self.oracle.consecutive_failures, timers=self.timers,
+            heldout=self.heldout.as_dict(),
         )  # fmt: skip
 
     def restore(self, state: LearnerState) -> None:
@@ -207,9 +251,21 @@ class Learner:
         self.rule.energy_offset_eV = state.energy_offset_eV
         self.posterior.generation, self.posterior.labels_seen = state.generation, state.labels_in_ensemble
         self.oracle.consecutive_failures = state.consecutive_failures
+        self.heldout = HeldOutTally(**state.heldout)
         self.posterior.predict_s = state.timers["inference_s"]
         self.oracle.seconds = state.timers["label_s"]
         self.posterior.update_s = state.timers["update_s"]
+
+
+def _non_finite_message(step: int, walker: int) -> str:
+    return (
+        f"the ensemble's prediction at MD step {step} (walker {walker}) is not finite and DFT could "
+        "not label that step, so MD cannot go on (a non-finite force never drives MD); the last "
+        "checkpoint, before that step, is kept. See the label_failed event in events.jsonl and the "
+        "code's output in dft/, fix the labeler section of RUN_DIR/run.yaml (e.g. labeler.retries) "
+        "and run `otfparsl resume RUN_DIR`; if chain_diverged events precede it, start over with a "
+        "smaller bayes.step_size"
+    )
 
 
 def _store_prediction(

@@ -19,6 +19,7 @@ from ase import Atoms
 
 from otfparsl.errors import (
     ConfigurationError,
+    DiskFull,
     LabelingFailed,
     MissingDependencyError,
     TooManyLabelFailures,
@@ -65,8 +66,8 @@ class Oracle:
             start = time.perf_counter()
             try:
                 labelled = self._label(atoms.copy(), attempt).result()
-            except (ConfigurationError, MissingDependencyError):
-                raise
+            except (ConfigurationError, MissingDependencyError, DiskFull):
+                raise  # retrying cannot fix a wrong setting, a missing package or a full disk
             except Exception as exc:  # noqa: BLE001 - a crashed code or a lost worker is a failed label
                 self.seconds += time.perf_counter() - start
                 self._failed(exc, step, walker, attempt)

@@ -18,6 +18,7 @@ import torch
 
 from otfparsl.bayes.chain import load_sample, read_chain_header
 from otfparsl.errors import ConfigurationError
+from otfparsl.fileio import fsync_dir, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def find_done_update(path: Path, generation: int, inputs: dict) -> dict | None:
     if done is not None and read_chain_header(path)["n_updates"] == generation - 1:
         keep_previous(path)
         os.replace(candidate, path)
+        fsync_dir(path.parent)
         log.info("reused the update %d of %s made before the run was interrupted", generation, path)
     return done
 
@@ -70,7 +72,8 @@ def keep_previous(path: Path) -> None:
         os.link(path, tmp)
     except OSError:  # no hard links on this file system: copy
         shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+        fsync_path(tmp)
+    os.replace(tmp, target)  # the folder is fsynced by the chain file's atomic write that follows
 
 
 def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int) -> None:
@@ -84,7 +87,13 @@ def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int
     ------
     ConfigurationError
         If neither file of a chain is at ``generation``.
+
+    Notes
+    -----
+    The copies are fsynced before their renames and the folder after them, so the restored
+    generation is on the disk before the resumed run goes on from it.
     """
+    restored: set[Path] = set()
     for path in map(Path, paths):
         previous = previous_path(path)
         n_updates = read_chain_header(path)["n_updates"] if path.is_file() else None
@@ -93,9 +102,11 @@ def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int
         if n_updates in (None, generation + 1) and previous.is_file() and read_chain_header(previous)["n_updates"] == generation:
             tmp = path.with_name(f".{path.name}.restore")
             shutil.copyfile(previous, tmp)
+            fsync_path(tmp)
             if n_updates is not None:
                 os.replace(path, next_path(path))
             os.replace(tmp, path)
+            restored.add(path.parent)
             log.warning("chain %s was updated after the last checkpoint: restored update %d", path, generation)
             continue
         raise ConfigurationError(
@@ -103,6 +114,8 @@ def restore_chain_generation(paths: Sequence[str | os.PathLike], generation: int
             f"checkpoint's update {generation}; the run directory was changed by hand or by "
             "another program. Restart the run with --restart-from-scratch."
         )
+    for folder in restored:
+        fsync_dir(folder)
 
 
 def load_samples(paths: Sequence[str | os.PathLike]) -> list[dict[str, torch.Tensor]]:

@@ -4,8 +4,9 @@ A checkpoint is committed at an MD step boundary after every step that called DF
 label and chain update) and every ``md.checkpoint_interval`` steps. It holds, per walker, the MD
 state (positions, momenta, cell, integrator and RNG state, the calculator's cached results), and
 the learner's state (energy offset, chain generation, calibration, DFT working-directory
-counter) plus the sizes of the append-only files at that moment. It is one JSON file written to a
-temporary file, fsync'ed and renamed, so a kill leaves either the old or the new checkpoint.
+counter) plus the sizes of the append-only files at that moment, fsync'ed before the checkpoint
+that records them. It is one JSON file written to a temporary file, fsync'ed and renamed (and its
+folder fsync'ed), so a kill or a power cut leaves either the old or the new checkpoint.
 
 Resuming (:func:`prepare_resume`) cuts the run directory back to the checkpoint: events and
 trajectory frames written after it are dropped, ``labels.extxyz`` keeps the checkpoint's labels
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from otfparsl import jsonable
 from otfparsl.errors import ConfigurationError
-from otfparsl.fileio import atomic_write_text
+from otfparsl.fileio import atomic_write_text, fsync_path
 from otfparsl.run.chains import restore_chain_generation
 from otfparsl.run.directory import EventLog, RunDirectory
 
@@ -102,9 +103,10 @@ class Checkpointer:
                     "format": FORMAT, "done": done, "wall_s": self.wall_s,
                     "learner": learner_state.as_dict(), "calibration": self.learner.rule.calibrator.to_dict(),
                     "label_counter": self.counter.value, "events_bytes": self.events.flush(),
-                    "labels_bytes": _size(self.rd.labels),
+                    "labels_bytes": _size(self.rd.labels), "heldout_bytes": _size(self.rd.heldout),
                     "walkers": [self._walkers[w] for w in sorted(self._walkers)],
                 }  # fmt: skip
+            _fsync_trajectories(self.rd, state["walkers"])  # the sizes it records are on the disk first
             atomic_write_text(self.rd.checkpoint, jsonable.dumps(state))
             self.commits += 1
             return True
@@ -126,12 +128,17 @@ def read_checkpoint(rd: RunDirectory) -> dict | None:
 
 
 def prepare_resume(rd: RunDirectory, state: dict, chain_paths: list[Path]) -> None:
-    """Cut the run directory back to the checkpoint ``state`` (see the module notes)."""
+    """Cut the run directory back to the checkpoint ``state`` (see the module notes).
+
+    Every file is found in ``rd`` whatever the working directory: a trajectory by its name
+    (older checkpoints stored the path the run was started with, possibly relative).
+    """
     steps = {snap["walker"]: snap["step"] for snap in state["walkers"]}
     _cut_events(rd.events, state["events_bytes"], steps)
     for snap in state["walkers"]:
-        _truncate(Path(snap["trajectory"]), snap["trajectory_bytes"])
+        _truncate(rd.path / Path(snap["trajectory"]).name, snap["trajectory_bytes"])
     _truncate(rd.labels, state["labels_bytes"])
+    _truncate(rd.heldout, state.get("heldout_bytes", 0))
     restore_chain_generation(chain_paths, state["learner"]["generation"])
     rd.summary.unlink(missing_ok=True)
 
@@ -157,6 +164,15 @@ def _truncate(path: Path, size: int) -> None:
             handle.truncate(size)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _fsync_trajectories(rd: RunDirectory, snapshots: list[dict]) -> None:
+    """Fsync each walker's trajectory up to the size its snapshot records (appended unsynced).
+
+    ``events.jsonl`` is fsynced by ``EventLog.flush`` and ``labels.extxyz`` by its atomic write.
+    """
+    for name in {Path(snap["trajectory"]).name for snap in snapshots if snap.get("trajectory_bytes")}:
+        fsync_path(rd.path / name)
 
 
 def _size(path: Path) -> int:

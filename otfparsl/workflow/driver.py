@@ -11,15 +11,17 @@ the submitter.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from ase import Atoms
 
-from otfparsl.analysis.metrics import binomial_interval
+from otfparsl.analysis.metrics import binomial_interval, heldout_figures
 from otfparsl.calculators.ensemble import EnsembleCalculator
 from otfparsl.calibration import Calibrator
 from otfparsl.data import LabelledDataset
@@ -33,21 +35,32 @@ from otfparsl.from_settings import (
     sampler_config,
 )
 from otfparsl.learning import Learner, LearnerState, Oracle, Posterior
+from otfparsl.learning.heldout import HeldOutPlan
 from otfparsl.learning.rule import DecisionRule
 from otfparsl.models import load_adapter
-from otfparsl.preflight import check_labeler_environments, check_run
+from otfparsl.preflight import check_labeler_environments, check_run, check_run_dir_writable
 from otfparsl.run.chains import chain_path
 from otfparsl.run.checkpoint import Checkpointer, LabelCounter, prepare_resume, read_checkpoint
 from otfparsl.run.directory import LOCK_NAME, EventLog, RunDirectory, read_events, save_json
+from otfparsl.run.guard import (
+    check_new_run_dir,
+    check_restartable,
+    check_run_dir_location,
+    foreign_entries,
+    move_to_trash,
+)
 from otfparsl.run.lock import run_lock
 from otfparsl.settings import RunSettings
-from otfparsl.structures import read_structure
+from otfparsl.structures import read_structure, split_frame
 from otfparsl.training import init_chain_files
 from otfparsl.workflow.jobs import ChainSetup, ChainUpdates, DFTLabels
 from otfparsl.workflow.submit import Submitter, ThreadSubmitter
 from otfparsl.workflow.walkers import StepInfo, WalkerContext, run_walkers
 
 log = logging.getLogger(__name__)
+
+
+NOT_AUDITED = "not audited: run `otfparsl audit RUN_DIR` to measure the accuracy on frames the run never labelled"
 
 
 @dataclass
@@ -62,6 +75,8 @@ class RunResult:
     wall_s: float
     timers: dict[str, float] = field(default_factory=dict)
     calibration_counted: int = 0
+    heldout_audit: dict | None = None  # what `otfparsl audit` added to summary.json, once made
+    heldout_in_run: dict = field(default_factory=dict)  # the run's own held-out checks (heldout_figures)
 
     def as_dict(self) -> dict:
         """Return the result as a JSON-ready dict."""
@@ -73,7 +88,8 @@ class RunResult:
             "fraction_above_threshold": self.fraction_above_threshold,
             "fraction_above_threshold_ci95": list(binomial_interval(self.interventions_above_threshold, self.interventions_checked)),
             "calibration_basis": self.calibration_basis,
-            "heldout_audit": "not audited: run `otfparsl audit RUN_DIR` to measure the accuracy on frames the run never labelled",
+            "heldout_in_run": self.heldout_in_run,
+            "heldout_audit": self.heldout_audit or NOT_AUDITED,
             "wall_s": self.wall_s, **self.timers,
         }  # fmt: skip
 
@@ -122,7 +138,9 @@ def run(
     run_dir
         Run directory; default ``settings.run_dir`` or ``runs/NAME``.
     restart_from_scratch
-        Delete an existing run in ``run_dir`` first. Without it an existing run is resumed
+        Start over: an existing run in ``run_dir`` is moved to a dated sibling folder
+        ``RUN_DIR.trash-YYYYmmdd-HHMMSS`` first (a directory that holds anything but a run is
+        refused). Without it an existing run is resumed
         from its last checkpoint (its settings must match, except the labeller's).
     on_step
         Called after every MD step of every walker (progress display).
@@ -131,23 +149,46 @@ def run(
     """
     rd = RunDirectory(Path(run_dir) if run_dir else default_run_dir(settings))
     settings = settings.resolve_paths(Path.cwd())  # a no-op for settings read from a YAML
+    check_run_dir_writable(rd.path)  # permissions and free space
+    check_run_dir(rd.path, settings, restart_from_scratch, structure_given=structure is not None)
     atoms = check_run(settings, structure)  # every input checked before the directory is touched
     if rd.exists() and not restart_from_scratch:
-        check_same_run(rd, settings)
+        check_same_run(rd, settings, atoms)
     with _submitter(submitter) as sub:
         check_labeler_on_workers(settings, atoms, sub)
         with run_lock(rd.path, "run"):  # from the first write on; checked again under the lock
             if rd.exists() and not restart_from_scratch:
-                check_same_run(rd, settings)
+                check_same_run(rd, settings, atoms)
                 atomic_write_text(rd.run_yaml, settings.to_yaml())  # the labeller may have changed
                 state = read_checkpoint(rd)
                 if state is not None and state["done"]:
                     return _summarise_done(rd, state)
                 return _continue(rd, RunSettings.from_yaml(rd.run_yaml), sub, atoms, on_step, state)
-            _prepare_run_dir(rd, restart_from_scratch)
+            check_run_dir(rd.path, settings, restart_from_scratch, structure_given=structure is not None)
+            if restart_from_scratch:
+                move_to_trash(rd.path)
+            _make_run_dir(rd)
             atomic_write_text(rd.run_yaml, settings.to_yaml())
             atomic_write_text(rd.path / "structure.extxyz", _extxyz(atoms))
             return _run(settings, sub, rd, atoms, on_step, checkpoint=None)
+
+
+def check_run_dir(
+    run_dir: Path, settings: RunSettings, restart_from_scratch: bool, run_yaml: Path | None = None,
+    structure_given: bool = False,
+) -> None:  # fmt: skip
+    """Refuse a run directory where a run would mix with, or clear, the user's other files.
+
+    The run directory may not be (or contain) the current directory, the run YAML or the
+    structure file; a new run needs a new, empty or run-only directory; ``--restart-from-scratch``
+    needs a directory that holds a run (:mod:`otfparsl.run.guard`).
+    """
+    structure = [] if structure_given else [split_frame(settings.structure)[0]]
+    check_run_dir_location(run_dir, [Path.cwd(), *([run_yaml] if run_yaml else []), *structure])
+    if restart_from_scratch:
+        check_restartable(run_dir)
+    elif not RunDirectory(run_dir).exists():
+        check_new_run_dir(run_dir)
 
 
 def resume(
@@ -191,7 +232,7 @@ def _continue(
     Without a checkpoint (``state`` None) the run starts over, keeping the finished DFT labels.
     """
     if state is None:
-        _prepare_run_dir(rd, restart_from_scratch=True, keep=("runinfo", "dft", "run.yaml", "structure.extxyz"))
+        _clear_partial_run(rd)
     return _run(settings, submitter, rd, atoms, on_step, checkpoint=state)
 
 
@@ -204,7 +245,13 @@ def _submitter(submitter: Submitter | None) -> Iterator[Submitter]:
         yield local
 
 
-def check_same_run(rd: RunDirectory, settings: RunSettings) -> None:
+def check_same_run(rd: RunDirectory, settings: RunSettings, atoms: Atoms | None = None) -> None:
+    """Refuse to continue the run in ``rd`` with other settings (the labeller's may change).
+
+    The starting structure is compared by its atoms (the run's ``structure.extxyz`` against
+    ``atoms``, default: read ``settings.structure``), not by its path, so a project moved or
+    copied to another machine continues its runs.
+    """
     try:
         saved = RunSettings.from_yaml(rd.run_yaml).model_dump(mode="json")
     except ConfigurationError as exc:
@@ -213,13 +260,34 @@ def check_same_run(rd: RunDirectory, settings: RunSettings) -> None:
             f"({exc}); choose another --run-dir or start over with --restart-from-scratch"
         ) from None
     new = settings.model_dump(mode="json")
-    changed = [k for k in new if k not in ("labeler", "run_dir", "name") and new[k] != saved.get(k)]
+    ignored = ("labeler", "run_dir", "name", "structure")
+    changed = [k for k in new if k not in ignored and new[k] != saved.get(k)]
+    if not _same_structure(rd, settings, atoms):
+        changed.insert(0, "structure")
     if changed:
         raise ConfigurationError(
             f"run directory {str(rd.path)!r} holds a run with other settings ({', '.join(changed)} "
             "differ); resume it with `otfparsl resume`, start over with --restart-from-scratch or "
             "choose another --run-dir"
         )
+
+
+def _same_structure(rd: RunDirectory, settings: RunSettings, atoms: Atoms | None) -> bool:
+    saved = rd.path / "structure.extxyz"
+    if not saved.is_file():  # killed before it was written: the run starts over anyway
+        return True
+    if atoms is None:
+        try:
+            atoms = read_structure(settings.structure)
+        except ConfigurationError:
+            return False
+    mine = read_structure(saved)
+    return (
+        mine.get_chemical_symbols() == atoms.get_chemical_symbols()
+        and np.allclose(mine.positions, atoms.positions, atol=1e-8)
+        and np.allclose(mine.cell.array, atoms.cell.array, atol=1e-8)
+        and bool((mine.pbc == atoms.pbc).all())
+    )
 
 
 def _starting_structure(rd: RunDirectory, settings: RunSettings) -> Atoms:
@@ -243,14 +311,24 @@ def check_labeler_on_workers(settings: RunSettings, atoms: Atoms, submitter: Sub
     submitter.submit("dft", check_labeler_environments, settings.labeler, symbols).result()
 
 
-def _prepare_run_dir(rd: RunDirectory, restart_from_scratch: bool, keep: tuple[str, ...] = ("runinfo",)) -> None:
-    if rd.path.exists() and restart_from_scratch:
-        for child in rd.path.iterdir():  # keep Parsl's runinfo/: a site may already be running
-            if child.name in keep or child.name == LOCK_NAME:  # the lock this process holds
-                continue
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+def _make_run_dir(rd: RunDirectory) -> None:
     for sub in (rd.path, rd.chains, rd.dft):
         sub.mkdir(parents=True, exist_ok=True)
+
+
+def _clear_partial_run(rd: RunDirectory) -> None:
+    """Remove what a run killed before its first checkpoint wrote, but its DFT labels.
+
+    Only the files a run writes are removed (never a file the user put there); the settings,
+    the starting structure, finished DFT labels and Parsl's runinfo/ stay.
+    """
+    keep = {"runinfo", "dft", "run.yaml", "structure.extxyz", LOCK_NAME}
+    foreign = set(foreign_entries(rd.path))
+    for child in rd.path.iterdir():
+        if child.name in keep or child.name in foreign or f"{child.name}/" in foreign:
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    _make_run_dir(rd)
 
 
 def _run(
@@ -281,6 +359,7 @@ def _run(
                settings.labeler.max_consecutive_failures, journal),
         LabelledDataset(rd.labels),
         journal,
+        heldout=(_heldout_plan(settings), LabelledDataset(rd.heldout)),
     )  # fmt: skip
     if checkpoint is not None:
         learner.restore(LearnerState(**checkpoint["learner"]))
@@ -295,6 +374,11 @@ def _run(
     result = _summarise(rd, learner.timers, n_steps, checkpointer.wall_s)
     save_json(rd.summary, result.as_dict())
     return result
+
+
+def _heldout_plan(settings: RunSettings) -> HeldOutPlan:
+    """The in-run held-out checks: ``heldout.labels`` per walker over the whole programme."""
+    return HeldOutPlan(settings.heldout.labels, programme(settings.md).total_steps, settings.md.seed)
 
 
 def _chain_files(settings: RunSettings, rd: RunDirectory, adapter, checkpoint: dict | None) -> list[Path]:
@@ -329,11 +413,14 @@ def _summarise(rd: RunDirectory, timers: dict[str, float], n_steps: int, wall_s:
     above = sum(bool(e["exceeds_threshold"]) for e in labels)  # the first label has error 0
     timers = dict(timers)
     timers["md_other_s"] = wall_s - sum(timers.values())
+    calibration = RunSettings.from_yaml(rd.run_yaml).calibration
+    checks = heldout_figures([e for e in events if e["event"] == "heldout"], calibration.energy_threshold_eV,
+                             calibration.confidence)  # fmt: skip
     return RunResult(
         run_dir=rd.path, n_steps=n_steps, dft_calls=len(labels),
         label_failures=sum(e["event"] == "label_failed" for e in events),
         interventions_above_threshold=int(above), wall_s=wall_s, timers=timers,
-        calibration_counted=sum(bool(e.get("counted")) for e in labels),
+        calibration_counted=sum(bool(e.get("counted")) for e in labels), heldout_in_run=checks,
     )  # fmt: skip
 
 
@@ -341,5 +428,15 @@ def _summarise_done(rd: RunDirectory, state: dict) -> RunResult:
     log.warning("run %s is already complete; nothing to resume", rd.path)
     n_steps = sum(int(w["calc"]["step_count"]) for w in state["walkers"])
     result = _summarise(rd, state["learner"]["timers"], n_steps, state["wall_s"])
+    result.heldout_audit = _recorded_audit(rd)  # running the same command again loses nothing
     save_json(rd.summary, result.as_dict())
     return result
+
+
+def _recorded_audit(rd: RunDirectory) -> dict | None:
+    """The held-out audit that ``summary.json`` already holds (``otfparsl audit`` wrote it)."""
+    try:
+        audit = json.loads(rd.summary.read_text()).get("heldout_audit")
+    except (OSError, ValueError):
+        return None
+    return audit if isinstance(audit, dict) else None

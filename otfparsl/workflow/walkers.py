@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from otfparsl.calculators.otf import OnTheFlyCalculator
+from otfparsl.fileio import raise_disk_full
 from otfparsl.learning import Learner
 from otfparsl.md import TemperatureProgramme
 from otfparsl.md.state import capture_md_state, restore_md_state
@@ -48,6 +49,9 @@ class StepInfo:
     intervened: bool
     generation: int
     n_labels: int
+    heldout: bool = False
+    heldout_checked: int = 0
+    heldout_above: int = 0
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,10 @@ def _run_walker(w: int, atoms: Atoms, ctx: WalkerContext, start: dict | None) ->
     atoms.calc = calc
     programme = ctx.programme
     if start is None:
-        programme.initialize_velocities(atoms, seed)
+        from otfparsl.structures import keep_input_velocities  # the structure's own velocities
+
+        if not keep_input_velocities(atoms, w):
+            programme.initialize_velocities(atoms, seed)
         first, last_step = 0, -1
     elif start["finished"]:
         return int(start["calc"]["step_count"])
@@ -140,17 +147,22 @@ class _StepRecorder:
         if self.ctx.checkpointer is not None:
             done = index == len(self.ctx.programme.segments) - 1 and dyn.nsteps == segment.n_steps
             snapshot = self.snapshot(step, index, dyn, done)
-            self.ctx.checkpointer.step_done(self.w, snapshot, bool(self.calc.last.intervened))
+            called_dft = bool(self.calc.last.intervened or self.calc.last.heldout)
+            self.ctx.checkpointer.step_done(self.w, snapshot, called_dft)
         if self.ctx.on_step is not None:
             self.ctx.on_step(info)
 
     def snapshot(self, step: int, index: int, dyn, finished: bool) -> dict:
-        """This walker's state after ``step`` (MD, calculator, trajectory size) for a checkpoint."""
+        """This walker's state after ``step`` (MD, calculator, trajectory size) for a checkpoint.
+
+        The trajectory is named relative to the run directory, so that a run resumes from any
+        working directory, after a move or on another machine.
+        """
         traj = trajectory_path(self.ctx.rd, self.w)
         return {
             "walker": self.w, "step": step, "segment": index, "finished": finished,
             "md": capture_md_state(self.atoms, dyn), "calc": self.calc.snapshot(),
-            "trajectory": str(traj), "trajectory_bytes": traj.stat().st_size if traj.is_file() else 0,
+            "trajectory": traj.name, "trajectory_bytes": traj.stat().st_size if traj.is_file() else 0,
         }  # fmt: skip
 
 
@@ -169,12 +181,17 @@ def _step_info(w, step, segment, time_fs, atoms, calc, learner) -> StepInfo:
         energy_std=float(outcome.prediction["energy_std"]),
         confidence=float(outcome.confidence), energy_scale_eV=float(outcome.energy_scale_eV),
         dof=float(outcome.dof), intervened=bool(outcome.intervened),
-        generation=int(outcome.generation), n_labels=learner.n_labels,
+        generation=int(outcome.generation), n_labels=learner.n_labels, heldout=bool(outcome.heldout),
+        heldout_checked=learner.heldout.n, heldout_above=learner.heldout.above,
     )  # fmt: skip
 
 
 def _write_frame(path: Path, atoms: Atoms, calc: OnTheFlyCalculator, info: StepInfo) -> None:
-    """Append one frame; uncertainties are copied into info/arrays (extxyz drops unknown keys)."""
+    """Append one frame; uncertainties are copied into info/arrays (extxyz drops unknown keys).
+
+    Not fsynced here: the checkpoint that records the file's size fsyncs it first. A full disk
+    raises :class:`~otfparsl.errors.DiskFull` (the cut frame is dropped on resume).
+    """
     frame = atoms.copy()
     results = calc.last.results
     frame.calc = SinglePointCalculator(
@@ -184,4 +201,5 @@ def _write_frame(path: Path, atoms: Atoms, calc: OnTheFlyCalculator, info: StepI
     frame.arrays["forces_std"] = np.asarray(calc.last.prediction["forces_std"])
     if "stress_std" in calc.last.prediction:
         frame.info["stress_std"] = np.asarray(calc.last.prediction["stress_std"])
-    ase.io.write(path, frame, format="extxyz", append=True)
+    with raise_disk_full(path):
+        ase.io.write(path, frame, format="extxyz", append=True)

@@ -98,6 +98,28 @@ def test_audit_catches_chains_that_do_not_move(frozen):
     assert summary["calibration_basis"].startswith("prior only")  # and the run's own summary said so
     assert summary["heldout_audit"]["above_threshold"] == recorded["n_above_threshold"]
     assert summary["heldout_audit"]["verdict"].startswith("promise NOT kept")  # shown: the interval lies above 5 %
+    # ... and the run's own held-out checks said it while it ran, on 20 steps it drew itself
+    in_run = summary["heldout_in_run"]
+    assert in_run["frames"] == 20 and in_run["status"] == "broken" and in_run["rms_z_calibrated"] > 3
+    assert _overlap(in_run["fraction_above_threshold_ci95"], recorded["fraction_above_threshold_ci95"])
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "step"]
+    assert max(e["heldout_above"] for e in steps) == in_run["above_threshold"]  # the progress line's count
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+@pytest.mark.slow
+def test_the_honest_runs_own_held_out_checks_agree_with_its_audit(honest):
+    run_dir, audit, _, _ = honest
+    in_run = json.loads((run_dir / "summary.json").read_text())["heldout_in_run"]
+    recorded = audit["predictions"]["recorded"]
+    # 20 drawn steps, less those the rule labelled anyway (it labels often while it learns)
+    assert 10 <= in_run["frames"] <= 20 and in_run["above_threshold"] <= 1
+    assert _overlap(in_run["fraction_above_threshold_ci95"], recorded["fraction_above_threshold_ci95"])
+    assert len(ase.io.read(run_dir / "heldout.extxyz", ":")) == in_run["frames"]
 
 
 @pytest.mark.slow

@@ -39,12 +39,13 @@ KILL_POINTS = [
 ]
 
 
-def _session(run_dir: Path, model: str, kill: str = "", walkers: int = 1) -> int:
+def _session(run_dir: Path, model: str, kill: str = "", walkers: int = 1, cwd: Path | None = None, heldout: int = 0) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])])}
     env["OTFPARSL_TEST_WALKERS"] = str(walkers)
+    env["OTFPARSL_TEST_HELDOUT"] = str(heldout)
     proc = subprocess.run(
         [sys.executable, str(HERE / "killable_run.py"), str(run_dir), model, kill],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=300, cwd=cwd,
     )  # fmt: skip
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"session failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -114,6 +115,37 @@ def test_killed_six_times_and_resumed_equals_the_uninterrupted_run(reference, cu
 
 
 @pytest.mark.slow
+def test_resumed_from_elsewhere_after_a_move_and_a_copy_equals_the_uninterrupted_run(cu_foundation_model, tmp_path):
+    """The run directory is given relative to where the run started; it is then moved, resumed
+    from another working directory by its absolute path, killed again, copied (as to another
+    machine) and finished from a third directory: no trajectory frame twice, nothing lost. The
+    run makes 6 in-run held-out checks: their draws and scores resume exactly too."""
+    import shutil
+
+    reference = tmp_path / "reference"
+    assert _session(reference, cu_foundation_model, heldout=6) == 0
+    checks = [e for e in _events(reference) if e["event"] == "heldout"]
+    assert len(checks) >= 4 and any(9 < e["step"] < 30 for e in checks)  # some fall between the kills
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    for folder in (first, second, third):
+        folder.mkdir()
+    assert _session(Path("runs/x"), cu_foundation_model, "step:9", cwd=first, heldout=6) == -signal.SIGKILL
+    moved = second / "moved"
+    (first / "runs" / "x").rename(moved)
+    assert _session(moved, cu_foundation_model, "step:30", cwd=third, heldout=6) == -signal.SIGKILL
+    copied = third / "copied"
+    shutil.copytree(moved, copied)
+    shutil.rmtree(moved)
+    assert _session(Path("copied"), cu_foundation_model, cwd=third, heldout=6) == 0
+    assert _events(copied) == _events(reference)
+    _assert_same_frames(_frames(copied / "trajectory.extxyz"), _frames(reference / "trajectory.extxyz"))
+    _assert_same_frames(_frames(copied / "heldout.extxyz"), _frames(reference / "heldout.extxyz"))
+    summary = json.loads((copied / "summary.json").read_text())["heldout_in_run"]
+    assert summary["frames"] == len(checks) and summary["above_threshold"] == sum(e["above_threshold"] for e in checks)
+    assert list((first / "runs").iterdir()) == [] and sorted(p.name for p in third.iterdir()) == ["copied"]
+
+
+@pytest.mark.slow
 def test_resume_cli_on_a_finished_run_reports_it(reference, monkeypatch):
     from typer.testing import CliRunner
 
@@ -121,9 +153,15 @@ def test_resume_cli_on_a_finished_run_reports_it(reference, monkeypatch):
 
     monkeypatch.syspath_prepend(str(HERE))  # the run's labeller class lives in killable_run.py
     before = (reference / "events.jsonl").read_bytes()
+    summary = json.loads((reference / "summary.json").read_text())
+    audited = {"frames": 20, "above_threshold": 0, "verdict": "consistent with the promise"}
+    (reference / "summary.json").write_text(json.dumps({**summary, "heldout_audit": audited}))
     result = CliRunner().invoke(app, ["resume", str(reference)])
     assert result.exit_code == 0, result.output
     assert "dft_calls" in result.output and (reference / "events.jsonl").read_bytes() == before
+    assert json.loads((reference / "summary.json").read_text())["heldout_audit"] == audited  # not erased
+    assert "0 of 20 held-out frames above K" in result.output
+    (reference / "summary.json").write_text(json.dumps(summary))
     missing = CliRunner().invoke(app, ["resume", str(reference.parent / "nothing")])
     assert missing.exit_code == 2 and "holds no run" in missing.output
 

@@ -45,6 +45,7 @@ def write_run_yaml(folder: Path, model_path: str, name: str = "tiny", dft: str =
         "model": {"family": "mace", "source": model_path, "dtype": "float64", "chain_device": "cpu"},
         "bayes": {"n_chains": 3, "n_steps": 40, "noise_off_steps": 8, "noise_ramp_steps": 3, "step_size": 1e-4, "seed": 3},
         "calibration": {"energy_threshold_eV": K_EV},
+        "heldout": {"labels": 0},  # HeldEMT holds the second decided label, label_00001
         "labeler": {"kind": "ase", "options": {"name": dft}},
         "md": {
             "segments": [

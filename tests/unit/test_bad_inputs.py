@@ -7,7 +7,10 @@ the machine (a pre-existing run directory must stay byte-identical and no new on
 
 from __future__ import annotations
 
+import collections
 import copy
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +63,21 @@ def _vasp(**options: Any) -> dict:
     return {"structure": "cu.xyz", "labeler": {"kind": "vasp", "options": options, "retries": 0}}
 
 
+def _no_write_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This user may read but not write anywhere (as on a read-only or foreign folder)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not mode & os.W_OK and real(path, mode, **kw))
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file system has 1 MB free."""
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+
+
+_NAME_MESSAGE = "name: must be a plain folder name (the run directory defaults to runs/NAME)"
+
+
 @dataclass(frozen=True)
 class Case:
     """One bad input: how to make it, and the one line it must produce."""
@@ -72,6 +90,7 @@ class Case:
     missing: bool = False  # pass a run file that does not exist
     commands: tuple[str, ...] = ("validate", "run")
     args: Callable[[Path], list[str]] | None = None  # extra CLI arguments (site profiles)
+    setup: Callable[[pytest.MonkeyPatch], None] | None = None  # the machine's state (disk, rights)
 
 
 CASES = [
@@ -278,6 +297,91 @@ CASES = [
         commands=("validate",),
     ),
     Case(
+        "threshold-infinite",
+        "ConfigurationError",
+        "calibration.energy_threshold_eV: must be a finite number; .inf and .nan are not allowed",
+        {"calibration": {"energy_threshold_eV": float("inf")}},
+    ),
+    Case(
+        "step-size-nan",
+        "ConfigurationError",
+        "bayes.step_size: must be a finite number",
+        {"bayes": {"step_size": float("nan")}},
+    ),
+    Case(
+        "gamma-shape-infinite",
+        "ConfigurationError",
+        "calibration.gamma_shape: must be a finite number; .inf and .nan are not allowed, write a number (got inf)",
+        {"calibration": {"gamma_shape": float("inf")}},
+    ),
+    Case(
+        "temperature-boolean",
+        "ConfigurationError",
+        "md.segments.0.temperature_K: a boolean is not a number here; write a number",
+        _seg(temperature_K=True),
+    ),
+    Case(
+        "n-chains-boolean",
+        "ConfigurationError",
+        "bayes.n_chains: a boolean is not a number here",
+        {"bayes": {"n_chains": True}},
+    ),
+    Case(
+        "batch-size-one",
+        "ConfigurationError",
+        "batch_size must be >= 2 with priority 'unbiased'",
+        {"bayes": {"batch_size": 1}},
+    ),
+    Case("name-parent-folder", "ConfigurationError", f"{_NAME_MESSAGE}", {"name": ".."}),
+    Case("name-with-slash", "ConfigurationError", "(got 'a/b')", {"name": "a/b"}),
+    Case("name-empty", "ConfigurationError", f"{_NAME_MESSAGE}", {"name": ""}),
+    Case("name-trailing-space", "ConfigurationError", "(got 't ')", {"name": "t "}),
+    Case(
+        "basis-lacks-element",
+        "ConfigurationError",
+        "labeler.options: basis='sto-3g' has no functions for element(s) ['Au']",
+        {"structure": "au2.xyz"},
+    ),
+    Case(
+        "multi-frame-structure",
+        "ConfigurationError",
+        "holds 2 frames; name the one to start from: structure: two_frames.xyz@-1 (the last)",
+        {"structure": "two_frames.xyz"},
+    ),
+    Case(
+        "frame-out-of-range",
+        "ConfigurationError",
+        "frame 5 of structure file",
+        {"structure": "two_frames.xyz@5"},
+    ),
+    Case(
+        "model-file-relative-to-yaml",
+        "ConfigurationError",
+        "/in/weights/none.model' is neither 'tiny'",
+        {"model": {"source": "weights/none.model"}},
+    ),
+    Case(
+        "run-dir-inside-a-file",
+        "ConfigurationError",
+        "mol.xyz', is a file, not a folder",
+        commands=("run",),
+        args=lambda tmp: ["--run-dir", str(tmp / "mol.xyz" / "run")],
+    ),
+    Case(
+        "run-dir-not-writable",
+        "ConfigurationError",
+        "is not writable by this user",
+        commands=("run",),
+        setup=_no_write_access,
+    ),
+    Case(
+        "disk-full",
+        "ConfigurationError",
+        "its file system has 1.0 MB free, a run needs at least 10 MB",
+        commands=("run",),
+        setup=_disk_full,
+    ),
+    Case(
         "site-without-three-roles",
         "SiteError",
         "must define exactly the executors ['chains', 'dft', 'local']",
@@ -301,6 +405,8 @@ def inputs(tmp_path_factory) -> Path:
     check_model(ModelSettings(**VALID["model"]), ase.io.read(tmp / "mol.xyz"))
     (tmp / "overlap.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.1\n")
     (tmp / "xe.xyz").write_text("2\n\nXe 0 0 0\nO 0 0 3.0\n")
+    (tmp / "au2.xyz").write_text("2\n\nAu 0 0 0\nAu 0 0 2.5\n")
+    (tmp / "two_frames.xyz").write_text(WATER + WATER)
     (tmp / "garbage.xyz").write_text("this is not\na structure file\n\x00\x01\n")
     ase.io.write(tmp / "cu.xyz", bulk("Cu", "fcc", a=3.6, cubic=True), format="extxyz")
     ase.io.write(tmp / "cu_primitive.xyz", bulk("Cu", "fcc", a=3.6), format="extxyz")
@@ -373,6 +479,8 @@ def test_bad_input_is_one_line_and_writes_nothing(
 ):
     run_yaml = _write_run(case, inputs, tmp_path / "in")
     extra = case.args(inputs) if case.args else []
+    if case.setup is not None:
+        case.setup(monkeypatch)
     runner = CliRunner()
     if "validate" in case.commands:
         _assert_one_line(runner.invoke(app, ["validate", str(run_yaml)]), case)

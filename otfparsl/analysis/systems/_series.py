@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ase.io
 import numpy as np
 from ase import Atoms
 
+from otfparsl.data import read_frames
 from otfparsl.errors import ConfigurationError
 from otfparsl.run.directory import RunDirectory, read_events
 
@@ -29,7 +29,7 @@ class RunSeries:
         if not rd.trajectory.is_file():
             raise ConfigurationError(f"{rd.trajectory} does not exist: the run has written no MD frame yet")
         steps = [e for e in read_events(rd.events) if e["event"] == "step" and e["walker"] == 0]
-        frames = list(ase.io.read(rd.trajectory, index=":", format="extxyz"))
+        frames = read_frames(rd.trajectory)  # whole frames: a crash may have cut the last one
         return cls(
             step_time_fs=np.array([s["time_fs"] for s in steps], dtype=float),
             called=np.array([s["intervened"] for s in steps], dtype=bool),

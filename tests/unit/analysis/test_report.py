@@ -25,6 +25,10 @@ K = 0.01
 LABELS = [(0, -5.0, 0.001, -5.0), (1, -5.01, 0.001, -5.008), (5, -5.02, 0.002, -5.035), (12, -4.99, 0.004, -4.992)]
 
 
+#: (MD step, error) of each in-run held-out check, eV: one inside the 95 % interval (3.18 x 0.002 eV).
+HELDOUT = [(3, 0.001), (7, -0.008), (14, 0.009)]
+
+
 def _settings() -> RunSettings:
     return RunSettings.from_dict({
         "name": "synthetic", "structure": "cu.xyz",
@@ -56,6 +60,9 @@ def run_dir(tmp_path):
         events.append({"event": "step", "walker": 0, "step": step, "segment": int(step >= 10), "time_fs": float(step),
                        "temperature_K": 300.0 + 20 * step, "energy": -5.0, "energy_std": std, "confidence": 0.97,
                        "energy_scale_eV": std * 2.0, "dof": 3.0, "intervened": step in labelled, "generation": 1})  # fmt: skip
+    for step, error in HELDOUT:
+        events.append({"event": "heldout", "step": step, "walker": 0, "error_eV": error, "energy_std": 0.001,
+                       "energy_scale_eV": 0.002, "dof": 3.0, "confidence": 0.97})  # fmt: skip
     lines = [json.dumps(e) for e in events] + ['{"event": "step", "walk']
     (rd / "events.jsonl").write_text("\n".join(lines) + "\n")
     (rd / "calibration.json").write_text(json.dumps({**calibrator.to_dict(), "energy_offset_eV": offset}))
@@ -124,3 +131,13 @@ def test_workflow_analysis_flags_what_it_cannot_trust(tmp_path):
     assert [(p.name, c) for p, c in found.figures] == [("b.png", "B"), ("a.png", None)]
     assert any("unknown keys ['extra']" in p for p in found.problems)
     assert any("missing.png" in p for p in found.problems)
+
+
+def test_the_in_run_held_out_checks_have_their_own_card_apart_from_the_interventions(run_dir):
+    record = read_run(run_dir)
+    assert [e["step"] for e in record.heldout] == [3, 7, 14]
+    page = write_report(run_dir, compare_pretrained=False).read_text()
+    card = page[page.index("in-run held-out checks above K"):][:1200]
+    assert "consistent with the promise, not proof of it" in card and "never trained on" in card
+    assert "<div class=\"value\">0 of 3</div><div class=\"what\">in-run held-out" in page
+    assert "rms z 3.49" in card  # sqrt((0.5² + 4² + 4.5²) / 3) = 3.488

@@ -6,6 +6,7 @@ from concurrent.futures import Future
 
 import numpy as np
 import pytest
+import torch
 from ase.calculators.emt import EMT
 
 from otfparsl.calculators.ensemble import EnsembleCalculator
@@ -122,3 +123,44 @@ def test_a_configuration_error_of_the_labeller_stops_the_run(tiny_mace_adapter, 
     with pytest.raises(ConfigurationError, match="xcc"):
         learner.step(cu_cell)
     assert label.calls == 1  # not retried: retrying cannot fix a wrong setting
+
+
+def test_a_non_finite_prediction_that_dft_cannot_label_stops_the_run(tiny_mace_adapter, cu_cell, tmp_path):
+    from otfparsl.errors import NonFinitePrediction
+
+    learner, events = _learner(tiny_mace_adapter, tmp_path, FlakyEMT(failures={"all"}), label_retries=1)
+    broken = {name: torch.full_like(value, float("nan")) for name, value in learner.posterior.ensemble.samples[0].items()}
+    learner.posterior.ensemble.set_samples([broken, broken])
+    with pytest.raises(NonFinitePrediction, match="MD step 7 .walker 0. is not finite.*otfparsl resume"):
+        learner.step(cu_cell, step=7)
+    assert [e["event"] for e in events] == ["non_finite_prediction", "label_failed", "label_failed"]
+    assert learner.n_labels == 0  # nothing learnt from it, and no MD step was given NaN forces
+
+
+def test_a_held_out_step_is_scored_against_dft_and_changes_nothing_of_the_run(tiny_mace_adapter, cu_cell, tmp_path):
+    from otfparsl.learning.heldout import HeldOutPlan
+
+    sample = build_bayesian_model(tiny_mace_adapter).trainable_state()
+    events: list[dict] = []
+    label = FlakyEMT()
+    chains = FixedChains(sample)
+    plan = HeldOutPlan(n_labels=1, total_steps=1, seed=0)  # step 1 is the one check
+    learner = Learner(
+        Posterior(EnsembleCalculator(tiny_mace_adapter, [sample, sample], energy_sigma_eV=0.001), chains),
+        DecisionRule(Calibrator(energy_threshold_eV=5.0)),  # confident after the first label
+        Oracle(label, 1, 3, events.append), LabelledDataset(tmp_path / "labels.extxyz"), events.append,
+        heldout=(plan, LabelledDataset(tmp_path / "heldout.extxyz")),
+    )  # fmt: skip
+    learner.step(cu_cell, step=0)
+    cu_cell.rattle(0.05, seed=1)
+    outcome = learner.step(cu_cell, step=1)
+    assert outcome.heldout and not outcome.intervened and outcome.results is outcome.prediction
+    assert label.calls == 2 and learner.n_labels == 1 and chains.updates == [1]  # not trained on
+    (event,) = [e for e in events if e["event"] == "heldout"]
+    reference = cu_cell.copy()
+    reference.calc = EMT()
+    expected = outcome.prediction["energy"] - (reference.get_potential_energy() + learner.energy_offset_eV)
+    assert event["error_eV"] == pytest.approx(expected) and event["step"] == 1
+    assert event["z"] == pytest.approx(expected / outcome.energy_scale_eV) and event["tally"]["n"] == 1
+    assert len(learner.heldout_set) == 1 and learner.state().heldout["n"] == 1
+    assert not learner.step(cu_cell, step=2).heldout and label.calls == 2
