@@ -8,6 +8,7 @@ receives explicit arguments built from these models, never the settings object i
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -257,6 +258,15 @@ class HeldOutSettings(_Strict):
         "the rule labels it anyway; each is scored against what the run claimed there before "
         "anything else and never trained on; MD keeps the ensemble's prediction. 0: no checks.",
     )
+    max_fraction: FiniteFloat = Field(
+        0.05, gt=0, le=1, description="At most this fraction of a walker's MD steps is checked: a short "
+        "programme gets floor(max_fraction * steps) checks when that is fewer than `labels` (a 16-step "
+        "run none, a 600-step run 20), so the checks never turn a run into mostly DFT.",
+    )
+
+    def n_checks(self, total_steps: int) -> int:
+        """Checks per walker for a programme of ``total_steps`` MD steps after the first."""
+        return min(self.labels, math.floor(self.max_fraction * total_steps + 1e-9))
 
 
 class RunSettings(_Strict):

@@ -142,8 +142,13 @@ def _heldout_card(record: RunRecord) -> str:
     calibration = record.settings.calibration
     checks = heldout_figures(record.heldout, calibration.energy_threshold_eV, calibration.confidence)
     if not checks["frames"]:
-        why = ("heldout.labels is 0" if record.settings.heldout.labels == 0
-               else "the run has not reached its first drawn step")  # fmt: skip
+        total = round(sum(s.duration_fs / s.timestep_fs for s in record.settings.md.segments))
+        if record.settings.heldout.labels == 0:
+            why = "heldout.labels is 0"
+        elif record.settings.heldout.n_checks(total) == 0:
+            why = f"{total} MD steps are too few: at most heldout.max_fraction of them are checked"
+        else:
+            why = "the run has not reached its first drawn step"
         return html.card("none yet", "in-run held-out checks above K", f"no heldout event in events.jsonl ({why})", "warn")
     kind = {"kept": "", "not_shown": "warn", "exceeded": "bad", "broken": "bad"}[checks["status"]]
     return html.card(

@@ -377,8 +377,9 @@ def _run(
 
 
 def _heldout_plan(settings: RunSettings) -> HeldOutPlan:
-    """The in-run held-out checks: ``heldout.labels`` per walker over the whole programme."""
-    return HeldOutPlan(settings.heldout.labels, programme(settings.md).total_steps, settings.md.seed)
+    """The in-run held-out checks: ``heldout.labels`` per walker (at most ``max_fraction`` of its steps)."""
+    total = programme(settings.md).total_steps
+    return HeldOutPlan(settings.heldout.n_checks(total), total, settings.md.seed)
 
 
 def _chain_files(settings: RunSettings, rd: RunDirectory, adapter, checkpoint: dict | None) -> list[Path]:

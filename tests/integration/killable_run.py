@@ -72,7 +72,7 @@ def settings(model_path: str):
             "bayes": {"n_chains": 3, "n_steps": 40, "noise_off_steps": 8, "noise_ramp_steps": 3, "step_size": 1e-4, "seed": 3},
             "calibration": {"energy_threshold_eV": 0.004},
             # the kill points name DFT calls: in-run held-out checks only where a test asks for them
-            "heldout": {"labels": int(os.environ.get("OTFPARSL_TEST_HELDOUT", "0"))},
+            "heldout": {"labels": int(os.environ.get("OTFPARSL_TEST_HELDOUT", "0")), "max_fraction": 0.5},
             "labeler": {"kind": "ase", "options": {"name": "killable_run:KillingEMT"}},
             "md": {
                 "segments": [

@@ -37,6 +37,7 @@ def _settings(model_path: str, n_steps: int, noise_off_steps: int) -> RunSetting
             "bayes": {"n_chains": 4, "n_steps": n_steps, "noise_off_steps": noise_off_steps,
                       "noise_ramp_steps": n_steps // 20, "step_size": 1e-4, "seed": 3},
             "calibration": {"energy_threshold_eV": K},
+            "heldout": {"labels": 20, "max_fraction": 0.2},  # 20 checks in 120 steps
             "labeler": {"kind": "ase", "options": REFERENCE},
             "md": {"segments": [{"ensemble": "langevin", "temperature_K": 300, "duration_fs": 240, "timestep_fs": 2.0}],
                    "seed": 5, "trajectory_interval": 2},
