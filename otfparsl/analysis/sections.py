@@ -17,7 +17,7 @@ from otfparsl.analysis.run_record import (
     resolved_sampler,
 )
 from otfparsl.analysis.workflow_analysis import ANALYSIS_DIR, WorkflowAnalysis
-from otfparsl.from_settings import energy_sigma_eV
+from otfparsl.from_settings import energy_sigma_eV, programme
 from otfparsl.units import KCAL_PER_MOL_EV
 
 
@@ -142,7 +142,7 @@ def _heldout_card(record: RunRecord) -> str:
     calibration = record.settings.calibration
     checks = heldout_figures(record.heldout, calibration.energy_threshold_eV, calibration.confidence)
     if not checks["frames"]:
-        total = round(sum(s.duration_fs / s.timestep_fs for s in record.settings.md.segments))
+        total = programme(record.settings.md).total_steps  # the count the driver's plan used
         if record.settings.heldout.labels == 0:
             why = "heldout.labels is 0"
         elif record.settings.heldout.n_checks(total) == 0:
