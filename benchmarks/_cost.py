@@ -36,7 +36,7 @@ MODELS = {
     "mace-mp0-medium-arch": ("mace", None),
 }
 SYSTEMS = ("ethanol", "si64", "cazrs3")
-CAZRS3_POSCAR = Path("/work/shared/data/cazrs3_proton/POSCAR")
+CAZRS3_POSCAR = Path(__file__).parents[1] / "workflows" / "cazrs3_proton" / "POSCAR"
 ENERGY_SIGMA_EV = 0.0217  # 0.1 K with the ethanol run's K = 0.5 kcal/mol; irrelevant to cost
 STRESS_SIGMA_EV_PER_A3 = 2.71e-4
 

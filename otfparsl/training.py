@@ -9,7 +9,6 @@ their versions are kept is :mod:`otfparsl.run.chains`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from otfparsl.bayes.prior import TransferPrior
 from otfparsl.bayes.sghmc import SGHMCConfig
 from otfparsl.data import read_labels
 from otfparsl.errors import ConfigurationError
-from otfparsl.models import cached_adapter
+from otfparsl.models import cached_adapter, copy_core
 from otfparsl.models.base import ModelAdapter, ModelSpec, attach_labels
 from otfparsl.run.chains import chain_path, find_done_update, keep_previous
 from otfparsl.structures import structures_digest
@@ -76,7 +75,7 @@ def init_chain_files(
     chains_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for k in range(n_chains):
-        model = build_bayesian_model(adapter, copy.deepcopy(adapter.core))
+        model = build_bayesian_model(adapter, copy_core(adapter))
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         chain = Chain(model, TransferPrior(params, sigma_tl), config, seed=seed + k)
         path = chain_path(chains_dir, k)
@@ -148,7 +147,7 @@ def update_chain_file(job: ChainJob) -> dict:
             return {**done, "reused": True}
     spec = replace(job.model, device=resolve_device(job.model.device))
     adapter = cached_adapter(spec)
-    model = build_bayesian_model(adapter, copy.deepcopy(adapter.core))
+    model = build_bayesian_model(adapter, copy_core(adapter))
     chain = Chain.load(path, model)
     if job.generation is not None and chain.n_updates != job.generation - 1:
         raise ConfigurationError(

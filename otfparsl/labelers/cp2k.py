@@ -419,8 +419,6 @@ class CP2KLabeler:
         LabelingFailed
             When CP2K stops with an error or returns non-finite results.
         """
-        from ase.calculators.cp2k import CP2K
-
         self.check_structure(atoms)
         command = self.resolve_command()
         folder = self.resolve_data_dir()
@@ -431,7 +429,7 @@ class CP2KLabeler:
         start = time.perf_counter()
         work = atoms.copy()
         out = path / f"{PROJECT}.out"
-        calc = CP2K(
+        calc = _calculator(
             command=shell, label=str(path / PROJECT), xc=self.xc.upper(), basis_set=None,
             basis_set_file=None, potential_file=None, pseudo_potential=None, charge=self.charge,
             uks=self.uks, multiplicity=self.multiplicity, cutoff=self.cutoff_Ry * units.Rydberg,
@@ -493,3 +491,20 @@ KIND = LabelerKind(
     name="cp2k", labeler=CP2KLabeler,
     summary="CP2K Quickstep through ASE (Debian's cp2k or a site module): crystals, energy, forces and stress; spin, DFT+U, charge, smearing",
 )  # fmt: skip
+
+
+def _calculator(**kwargs: Any) -> Any:
+    """ASE's CP2K calculator, writing ``PROJECT cp2k`` instead of the label's absolute path.
+
+    CP2K reads at most 80 characters of a keyword's value: a label folder deeper than that (a
+    cluster's scratch, a long project path) made CP2K abort while parsing its input ("has more
+    than 80 characters"). CP2K runs in the label's folder (the shell command changes into it),
+    so the project's files (the wavefunction the next label starts from) land where they did.
+    """
+    from ase.calculators.cp2k import CP2K
+
+    class _RelativeProject(CP2K):
+        def _generate_input(self) -> str:
+            return super()._generate_input().replace(f"PROJECT {self.label}", f"PROJECT {PROJECT}", 1)
+
+    return _RelativeProject(**kwargs)

@@ -10,10 +10,12 @@ when an adapter is built.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import importlib.util
 import pkgutil
+import threading
 
 from otfparsl.errors import ConfigurationError, MissingDependencyError
 from otfparsl.models.base import (
@@ -35,6 +37,7 @@ __all__ = [
     "PreparedStructure",
     "attach_labels",
     "collate_labels",
+    "copy_core",
     "families",
     "family_defaults",
     "get_family",
@@ -99,10 +102,32 @@ def load_adapter(spec: ModelSpec) -> ModelAdapter:
     if importlib.util.find_spec(family.package) is None:
         raise MissingDependencyError(family.package, family.extra, f"the {spec.family!r} model family")
     module = importlib.import_module(f"{__name__}.{spec.family}")
-    return getattr(module, family.adapter)(spec)
+    with _BUILD_LOCK:
+        return getattr(module, family.adapter)(spec)
+
+
+#: One model build or copy at a time per process. Building or copying a model scripts TorchScript
+#: (e3nn's code generation, through ``ast.parse``), and CPython 3.11 corrupts the AST converter's recursion
+#: count when two threads do that at once (CPython gh-106905): chain updates in threads then failed
+#: later, anywhere, with "SystemError: AST constructor recursion depth mismatch".
+_BUILD_LOCK = threading.RLock()
 
 
 @functools.lru_cache(maxsize=4)
-def cached_adapter(spec: ModelSpec) -> ModelAdapter:
-    """Return one adapter per spec and process (the one adapter cache: chain workers, preflight)."""
+def _cached_adapter(spec: ModelSpec) -> ModelAdapter:
     return load_adapter(spec)
+
+
+def copy_core(adapter: ModelAdapter):
+    """A deep copy of the adapter's core model, for one chain (under the build lock: a copy
+    scripts e3nn's generated code again)."""
+    with _BUILD_LOCK:
+        return copy.deepcopy(adapter.core)
+
+
+def cached_adapter(spec: ModelSpec) -> ModelAdapter:
+    """Return one adapter per spec and process (the one adapter cache: chain workers, preflight).
+
+    Threads asking at once get the same adapter, built once."""
+    with _BUILD_LOCK:
+        return _cached_adapter(spec)

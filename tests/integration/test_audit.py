@@ -5,7 +5,9 @@ a weak Lennard-Jones term (``otfparsl.testing.PerturbedEMT``), which the foundat
 know. An honest run stays within its promise on held-out frames; the same run with chains that do not
 spread (one noise-free SGHMC step: all chains equal, the std is sigma_E alone, so the decision
 never fires after the first label) does not, and the audit says so. Neither can pass vacuously: the pretrained model is above K on most
-held-out frames.
+held-out frames. The honest run labels 34 of its 121 steps (34 chain updates, about 5 minutes on
+2 cores): its two tests are ``long``; the frozen run (seconds) carries the default run's checks
+of the audit's files, reuse, report and CLI.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def frozen(tmp_path_factory, cu_foundation_model):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the honest run labels 34 of its 121 steps: 34 chain updates, 5 minutes
+@pytest.mark.timeout(1500)
 def test_honest_run_stays_within_its_promise_on_held_out_frames(honest):
     _, audit, _, calls = honest
     recorded, pretrained = audit["predictions"]["recorded"], audit["predictions"]["pretrained"]
@@ -113,6 +117,8 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.timeout(1500)
 def test_the_honest_runs_own_held_out_checks_agree_with_its_audit(honest):
     run_dir, audit, _, _ = honest
     in_run = json.loads((run_dir / "summary.json").read_text())["heldout_in_run"]
@@ -124,8 +130,8 @@ def test_the_honest_runs_own_held_out_checks_agree_with_its_audit(honest):
 
 
 @pytest.mark.slow
-def test_audit_labels_stay_out_of_training_and_are_reused(honest):
-    run_dir, audit, n_labels, _ = honest
+def test_audit_labels_stay_out_of_training_and_are_reused(frozen):
+    run_dir, audit, n_labels, _ = frozen
     assert len(ase.io.read(run_dir / "labels.extxyz", ":")) == n_labels
     held_out = ase.io.read(run_dir / "audit" / "labels.extxyz", ":")
     labelled_steps = {a.info["step"] for a in ase.io.read(run_dir / "labels.extxyz", ":")}
@@ -138,19 +144,19 @@ def test_audit_labels_stay_out_of_training_and_are_reused(honest):
 
 
 @pytest.mark.slow
-def test_report_and_cli_show_the_audit(honest):
+def test_report_and_cli_show_the_audit(frozen):
     from otfparsl.analysis.report import write_report
     from otfparsl.cli import app
 
-    run_dir, _, _, _ = honest
+    run_dir, _, _, _ = frozen
     index = write_report(run_dir)
     page = index.read_text()
     assert "<h2>Held-out audit</h2>" in page and 'href="audit_reliability.png"' in page
-    # 20 frames with at most one above K are consistent with a 5 % promise but cannot prove it (72 could)
-    assert page.count(VERDICTS["not_shown"]) == 2 and "at least 72 frames with none above K" in page
+    # the audit's verdict and the in-run checks' verdict, both on the page
+    assert page.count(VERDICTS["broken"]) >= 2
     for name in ("audit_reliability.png", "audit_error_vs_std.png", "audit_errors_time.png"):
         assert (run_dir / "report" / name).stat().st_size > 1000
     result = CliRunner().invoke(app, ["audit", str(run_dir), "--frames", str(N_FRAMES)])
     assert result.exit_code == 0, result.output
     words = " ".join(result.output.split())  # rich wraps lines at the terminal's width
-    assert f"held-out frames vs DFT (K = {K:.4g} eV)" in words and VERDICTS["not_shown"] in words
+    assert f"held-out frames vs DFT (K = {K:.4g} eV)" in words and VERDICTS["broken"] in words

@@ -75,18 +75,24 @@ def test_stress_and_forces_are_derivatives_of_the_energy(tmp_path):
 @pytest.mark.cp2k
 @needs_cp2k
 def test_previous_wavefunction_guess_saves_scf_steps_and_agrees_with_atomic(tmp_path):
-    """The default guess changes a label by less than the SCF tolerance, in fewer steps."""
+    """The default guess changes a label by less than the SCF tolerance, in fewer steps.
+
+    The labels lie deeper than the 80 characters CP2K reads of a keyword (its PROJECT once held
+    the whole path and CP2K aborted): they run all the same."""
     atoms = molecule("H2O", cell=(6.0, 6.0, 6.0), pbc=True)  # Gamma only: the OT path
     atoms.center()
+    labels = tmp_path / ("a-run-directory-deeper-than-the-80-characters-cp2k-reads-" * 2) / "dft"
+    assert len(str(labels / "a" / "cp2k")) > 80
     previous = CP2KLabeler(**_FAST)
-    first = previous.label(atoms, tmp_path / "labels" / "a")
+    first = previous.label(atoms, labels / "a")
     moved = atoms.copy()
     moved.positions[0] += 0.02
-    warm = previous.label(moved, tmp_path / "labels" / "b")
+    warm = previous.label(moved, labels / "b")
     cold = CP2KLabeler(**_FAST, scf_guess="atomic").label(moved, tmp_path / "cold")
-    assert "SCF_GUESS RESTART" in (tmp_path / "labels" / "b" / "cp2k.inp").read_text()
+    assert "PROJECT cp2k\n" in (labels / "b" / "cp2k.inp").read_text()
+    assert "SCF_GUESS RESTART" in (labels / "b" / "cp2k.inp").read_text()
     assert "SCF_GUESS ATOMIC" in (tmp_path / "cold" / "cp2k.inp").read_text()
-    assert _scf_steps(tmp_path / "labels" / "b") < _scf_steps(tmp_path / "cold")
+    assert _scf_steps(labels / "b") < _scf_steps(tmp_path / "cold")
     assert warm.get_potential_energy() == pytest.approx(cold.get_potential_energy(), abs=1e-5)
     np.testing.assert_allclose(warm.get_forces(), cold.get_forces(), atol=1e-3)
     np.testing.assert_allclose(warm.get_stress(), cold.get_stress(), atol=1e-5)
@@ -94,7 +100,7 @@ def test_previous_wavefunction_guess_saves_scf_steps_and_agrees_with_atomic(tmp_
     # a different composition never takes that wavefunction
     other = atoms.copy()
     other.symbols[0] = "Ge"
-    assert previous._guess_file(other, tmp_path / "labels" / "c") is None
+    assert previous._guess_file(other, labels / "c") is None
 
 
 @pytest.mark.dft
