@@ -30,7 +30,6 @@ SMALL = {"cazrs3_proton": "cazrs3_protons", "ethanol": "ethanol_conformers", "la
 #: Workflow folder -> the DFT code of its small variant (its ``labeler.kind``).
 CODE = {w: RunSettings.from_yaml(WORKFLOWS / w / "run_small.yaml").labeler.kind for w in SMALL}
 
-# Each run takes minutes (the LaMnO3 one over 10 on one core): above the default timeout.
 #: K of the crystals' runs here (their YAMLs: LaMnO3 0.26 eV, CaZrS3 0.65 eV per cell). With the
 #: YAMLs' K the LaMnO3 run labels MD steps 0, 1 and 2 and the CaZrS3 run steps 0, 1, 2, 9 and
 #: 23 (measured in their READMEs). With these K, measured in `.ci/run` (stop 29, one CP2K thread
@@ -40,6 +39,7 @@ CODE = {w: RunSettings.from_yaml(WORKFLOWS / w / "run_small.yaml").labeler.kind 
 #: labels with stress (spin-polarised PBE+U for LaMnO3), its MD programme and its analysis.
 TEST_K_EV = {"lamno3": 1.0, "cazrs3_proton": 5.0}
 
+# Each run takes minutes (the LaMnO3 one over 10 on one core): above the default timeout.
 pytestmark = [pytest.mark.dft, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1800)]
 
 _CP2K = [

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from otfparsl.models.base import ModelSpec
-
-#: The EquiformerV2 tests need fairchem-core, which lives in its own environment (README, "A
-#: second environment"): there ``pytest -m equiformer`` runs them, and finds none (exit code 5,
-#: a failure in CI) if fairchem is missing. In the main environment they are not collected, so
-#: they are not counted as skips (a skip fails under OTFPARSL_TEST_NO_SKIPS, tests/conftest.py).
-collect_ignore = [] if importlib.util.find_spec("fairchem") else ["test_models_equiformer.py"]
 
 
 @pytest.fixture(scope="session")

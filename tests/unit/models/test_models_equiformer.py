@@ -33,7 +33,7 @@ from otfparsl.testing import (
 from otfparsl.training import ChainJob, build_bayesian_model, init_chain_files, update_chain_file
 
 pytestmark = pytest.mark.equiformer
-if importlib.util.find_spec("fairchem") is None:  # conftest.py does not collect it then
+if importlib.util.find_spec("fairchem") is None:  # tests/conftest.py does not collect it then
     pytest.skip("needs fairchem-core: the equiformer extra, installed in its own environment "
                 "(README); run pytest -m equiformer there", allow_module_level=True)
 
